@@ -1,0 +1,65 @@
+"""Raw assets: one per Binance archive format, partitioned `date|symbol`, written to the lake by the IO manager."""
+
+from datetime import date
+
+import pyarrow.compute as pc
+from dagster import AssetExecutionContext, AssetsDefinition, MetadataValue, Output, asset
+
+from liq_pipeline import checks
+from liq_pipeline.formats import FORMATS, ArchiveFormat
+from liq_pipeline.partitions import SYMBOL_DATE, split_key
+from liq_pipeline.resources import ArchiveSource
+from liq_pipeline.sources.archive import Ingested, ingest
+
+_DESCRIPTIONS = {
+    "agg_trades": "Aggregated trades (aggTrades daily files): every taker trade, sorted by agg_trade_id.",
+    "open_interest": "Open interest every 5 minutes (metrics daily files), in contracts and USD.",
+    "klines": "1-minute candles (klines/1m daily files).",
+    "funding_rate": "Funding rates (fundingRate monthly files), the partition's day only.",
+    "forced_liquidations": (
+        "Real forced liquidation orders (liquidationSnapshot daily files, published up to 2024-03-31); "
+        "side is the position liquidated. Empty, with the reason in metadata, for days without a file."
+    ),
+}
+
+
+def ingest_metadata(result: Ingested) -> dict:
+    table = result.table
+    meta: dict = {"dagster/row_count": table.num_rows}
+    if result.fetched:
+        meta["source"] = MetadataValue.url(result.fetched.origin) if "://" in result.fetched.origin else MetadataValue.path(result.fetched.origin)
+        meta["sha256"] = result.fetched.sha256 or "n/a"
+        meta["checksum verified"] = result.fetched.verified
+    if result.note:
+        meta["note"] = result.note
+    ts_col = "open_time" if "open_time" in table.column_names else "ts"
+    if table.num_rows:
+        meta["time range"] = f"{pc.min(table[ts_col]).as_py()} .. {pc.max(table[ts_col]).as_py()}"
+        price_col = "close" if "close" in table.column_names else "price" if "price" in table.column_names else None
+        if price_col:
+            meta["price range"] = f"{pc.min(table[price_col]).as_py():g} .. {pc.max(table[price_col]).as_py():g}"
+        meta["preview"] = MetadataValue.md(table.slice(0, 5).drop_columns(["symbol"]).to_pandas().to_markdown(index=False))
+    return meta
+
+
+def build_raw_asset(fmt: ArchiveFormat) -> AssetsDefinition:
+    @asset(
+        name=fmt.table,
+        group_name="raw",
+        partitions_def=SYMBOL_DATE,
+        io_manager_key="lake_io_manager",
+        description=_DESCRIPTIONS[fmt.table],
+        check_specs=checks.raw_check_specs(fmt.table, fmt.table),
+        kinds={"parquet"},
+        metadata={"archive file, e.g.": fmt.relpath("ETHUSDT", date(2024, 12, 28))},
+    )
+    def _raw(context: AssetExecutionContext, archive: ArchiveSource):
+        symbol, day = split_key(context.partition_key)
+        result = ingest(archive.get(), fmt, symbol, day)
+        yield Output(result.table, metadata=ingest_metadata(result))
+        yield from checks.run_raw_checks(fmt.table, result.table, day)
+
+    return _raw
+
+
+RAW_ASSETS: list[AssetsDefinition] = [build_raw_asset(fmt) for fmt in FORMATS.values()]

@@ -1,0 +1,62 @@
+"""The `liq` command: demo, serve, screenshot-levels, validate-report, bench."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def instance():
+    """The persistent Dagster instance: `$DAGSTER_HOME` if set, else this folder's dagster.yaml and .dagster_home,
+    which is what `uv run dagster dev` run from the same folder uses, so demo runs show up in the UI."""
+    from dagster import DagsterInstance
+    from dagster._core.instance.ref import InstanceRef
+
+    if os.environ.get("DAGSTER_HOME"):
+        return DagsterInstance.get()
+    home = Path.cwd() / ".dagster_home"
+    home.mkdir(exist_ok=True)
+    return DagsterInstance.from_ref(InstanceRef.from_dir(str(home), config_dir=str(Path.cwd())))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from liq_pipeline.demo import run_demo
+
+    with instance() as inst:
+        return run_demo(inst, symbols=args.symbols, days=args.days)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from liq_pipeline import bench
+
+    return {"ingest": bench.bench_ingest}[args.what](args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="liq", description="Liquidation heatmaps for Binance USDT-M perpetuals.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the pipeline on the embedded synthetic sample, end to end")
+    demo.add_argument("--symbols", nargs="+", default=None, help="default: BTCUSDT ETHUSDT")
+    demo.add_argument("--days", type=int, default=None, help="how many sample days (default: all)")
+    demo.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser("bench", help="print speed figures")
+    bench.add_argument("what", choices=["ingest"])
+    bench.add_argument("--trades", type=int, default=2_500_000, help="aggTrades in the generated day")
+    bench.add_argument("--repeat", type=int, default=3)
+    bench.set_defaults(func=cmd_bench)
+
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    code = args.func(args)
+    if args.command != "bench":
+        print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""The data lake: one Parquet file per table partition, written atomically, and the DuckDB warehouse views.
+
+Layout: `$LIQ_DATA_DIR/lake/<table>/symbol=<S>/date=<YYYY-MM-DD>/part-0.parquet`.
+
+A partition is one file replaced with `os.replace`, which is atomic on POSIX: a reader or a crash sees the old file
+or the new one, never half of either; re-materializing replaces instead of appending, so there are no duplicates;
+and different partitions never touch the same path, so processes can write in parallel.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PART_FILE = "part-0.parquet"
+
+# Warehouse view name -> SQL over the lake. `{lake}` is replaced by the lake root. The seed's queries run verbatim.
+_VIEWS = {
+    "aggtrades_history": "SELECT * FROM read_parquet('{lake}/agg_trades/*/*/*.parquet')",
+    "open_interest_history": "SELECT * FROM read_parquet('{lake}/open_interest/*/*/*.parquet')",
+    "klines_1m_history": "SELECT * FROM read_parquet('{lake}/klines/*/*/*.parquet')",
+    "funding_rate_history": "SELECT * FROM read_parquet('{lake}/funding_rate/*/*/*.parquet')",
+    "forced_liquidations_history": "SELECT * FROM read_parquet('{lake}/forced_liquidations/*/*/*.parquet')",
+    "liquidation_heatmap_history": "SELECT * FROM read_parquet('{lake}/liquidation_heatmap/*/*/*.parquet')",
+    "liquidation_levels_history": "SELECT * FROM read_parquet('{lake}/liquidation_levels/*/*/*.parquet')",
+    "klines_15m_history": """
+        SELECT symbol, CAST(time_bucket(INTERVAL 15 MINUTE, open_time) AS DATE) AS date,
+               time_bucket(INTERVAL 15 MINUTE, open_time) AS open_time,
+               arg_min(open, open_time) AS open, max(high) AS high, min(low) AS low,
+               arg_max(close, open_time) AS close, sum(volume) AS volume, sum(quote_volume) AS quote_volume,
+               sum(trade_count) AS trade_count, sum(taker_buy_volume) AS taker_buy_volume,
+               sum(taker_buy_quote_volume) AS taker_buy_quote_volume
+        FROM read_parquet('{lake}/klines/*/*/*.parquet')
+        GROUP BY ALL""",
+}
+_VIEW_TABLE = {
+    "aggtrades_history": "agg_trades",
+    "open_interest_history": "open_interest",
+    "klines_1m_history": "klines",
+    "klines_15m_history": "klines",
+    "funding_rate_history": "funding_rate",
+    "forced_liquidations_history": "forced_liquidations",
+    "liquidation_heatmap_history": "liquidation_heatmap",
+    "liquidation_levels_history": "liquidation_levels",
+}
+
+
+def data_dir() -> Path:
+    """`$LIQ_DATA_DIR`, default `./data`: the one place every path of the project starts from."""
+    return Path(os.environ.get("LIQ_DATA_DIR") or "data").resolve()
+
+
+@dataclass(frozen=True)
+class Lake:
+    root: Path = field(default_factory=lambda: data_dir() / "lake")
+
+    @classmethod
+    def at(cls, data_dir_path: Path | str | None = None) -> Lake:
+        base = Path(data_dir_path).resolve() if data_dir_path else data_dir()
+        return cls(root=base / "lake")
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.root.parent / "warehouse.duckdb"
+
+    def partition_file(self, table: str, symbol: str, day: date) -> Path:
+        return self.root / table / f"symbol={symbol}" / f"date={day.isoformat()}" / PART_FILE
+
+    def exists(self, table: str, symbol: str, day: date) -> bool:
+        return self.partition_file(table, symbol, day).exists()
+
+    def write(self, table: str, symbol: str, day: date, data: pa.Table) -> Path:
+        """Write one partition atomically: a temporary file beside the target, then `os.replace` over it."""
+        target = self.partition_file(table, symbol, day)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{PART_FILE}.{uuid.uuid4().hex}.tmp")
+        try:
+            pq.write_table(data, tmp, compression="zstd", row_group_size=1_000_000)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return target
+
+    def files(self, table: str, symbol: str, days: Iterable[date]) -> tuple[list[Path], list[date]]:
+        """The partition files that exist for these days, and the days that are missing."""
+        present, missing = [], []
+        for day in days:
+            path = self.partition_file(table, symbol, day)
+            (present if path.exists() else missing).append(path if path.exists() else day)
+        return present, missing
+
+    def read(self, table: str, symbol: str, days: Iterable[date], columns: list[str] | None = None) -> pa.Table:
+        """Read the partitions that exist, in day order, as one Arrow table (empty if none exist)."""
+        files, _ = self.files(table, symbol, sorted(days))
+        if not files:
+            return pa.table({})
+        return pa.concat_tables(pq.read_table(f, columns=columns) for f in files)
+
+    def symbol_dates(self, table: str) -> dict[str, list[date]]:
+        """Which dates each symbol has in a table: a directory listing, no data read."""
+        out: dict[str, list[date]] = {}
+        base = self.root / table
+        if not base.exists():
+            return out
+        for sym_dir in sorted(base.glob("symbol=*")):
+            days = sorted(date.fromisoformat(d.name[5:]) for d in sym_dir.glob("date=*") if (d / PART_FILE).exists())
+            if days:
+                out[sym_dir.name[7:]] = days
+        return out
+
+    def slice(self, table: str, symbol: str, days: Iterable[date]) -> LakeSlice:
+        days = sorted(days)
+        files, missing = self.files(table, symbol, days)
+        return LakeSlice(self, table, symbol, tuple(days), tuple(d for d in days if d not in missing), tuple(missing))
+
+    def row_count(self, table: str, symbol: str) -> int:
+        """Rows of one symbol's table, from the Parquet footers (no data read)."""
+        files = (self.root / table / f"symbol={symbol}").glob(f"date=*/{PART_FILE}")
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+    # --- the warehouse ---------------------------------------------------------------------------------------
+
+    def refresh_warehouse(self) -> list[str]:
+        """(Re)create the warehouse views over every table that has data. Returns the views created.
+
+        Only this function writes to the warehouse file; Dagster runs it in a pool of size 1 because DuckDB
+        allows one writer process. The views glob the lake, so new partitions show up without a refresh.
+        """
+        self.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
+        created = []
+        with duckdb.connect(str(self.warehouse_path)) as con:
+            for view, sql in _VIEWS.items():
+                if not any((self.root / _VIEW_TABLE[view]).glob(f"*/*/{PART_FILE}")):
+                    con.execute(f"DROP VIEW IF EXISTS {view}")
+                    continue
+                con.execute(f"CREATE OR REPLACE VIEW {view} AS {sql.format(lake=self.root.as_posix())}")
+                created.append(view)
+        return created
+
+    def connect_readonly(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB connection with the same views: reads the lake, never takes the warehouse lock."""
+        con = duckdb.connect()
+        for view, sql in _VIEWS.items():
+            if any((self.root / _VIEW_TABLE[view]).glob(f"*/*/{PART_FILE}")):
+                con.execute(f"CREATE VIEW {view} AS {sql.format(lake=self.root.as_posix())}")
+        return con
+
+
+@dataclass(frozen=True)
+class LakeSlice:
+    """A lazy reference to some days of one symbol's table: what a downstream asset receives as an input.
+
+    Nothing is read until `read()`, so an asset can look at which days exist before paying for the data.
+    """
+
+    lake: Lake
+    table: str
+    symbol: str
+    days: tuple[date, ...]  # requested, ascending
+    present: tuple[date, ...]
+    missing: tuple[date, ...]
+
+    def last(self, n: int) -> LakeSlice:
+        """The same slice cut to its last `n` requested days."""
+        keep = set(self.days[-n:])
+        return LakeSlice(
+            self.lake,
+            self.table,
+            self.symbol,
+            tuple(d for d in self.days if d in keep),
+            tuple(d for d in self.present if d in keep),
+            tuple(d for d in self.missing if d in keep),
+        )
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.lake.partition_file(self.table, self.symbol, d) for d in self.present]
+
+    def read(self, columns: list[str] | None = None) -> pa.Table:
+        return self.lake.read(self.table, self.symbol, self.present, columns)
