@@ -6,20 +6,26 @@ import argparse
 import os
 import sys
 import time
+from datetime import date
 from pathlib import Path
 
 
 def instance():
     """The persistent Dagster instance: `$DAGSTER_HOME` if set, else this folder's dagster.yaml and .dagster_home,
     which is what `uv run dagster dev` run from the same folder uses, so demo runs show up in the UI."""
+    import fcntl
+
     from dagster import DagsterInstance
     from dagster._core.instance.ref import InstanceRef
 
-    if os.environ.get("DAGSTER_HOME"):
-        return DagsterInstance.get()
-    home = Path.cwd() / ".dagster_home"
-    home.mkdir(exist_ok=True)
-    return DagsterInstance.from_ref(InstanceRef.from_dir(str(home), config_dir=str(Path.cwd())))
+    home = Path(os.environ.get("DAGSTER_HOME") or Path.cwd() / ".dagster_home")
+    home.mkdir(parents=True, exist_ok=True)
+    # Two `liq backfill` processes started together would both create the sqlite schema and one would fail.
+    with open(home / ".liq_instance.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.environ.get("DAGSTER_HOME"):
+            return DagsterInstance.get()
+        return DagsterInstance.from_ref(InstanceRef.from_dir(str(home), config_dir=str(Path.cwd())))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -27,6 +33,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     with instance() as inst:
         return run_demo(inst, symbols=args.symbols, days=args.days)
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from liq_pipeline.demo import run_partitions
+    from liq_pipeline.symbols import validate_symbol
+
+    spec = validate_symbol(args.symbol)
+    if args.end < args.start:
+        raise SystemExit(f"--end {args.end} is before --start {args.start}")
+    days = [args.start + timedelta(days=i) for i in range((args.end - args.start).days + 1)]
+    days = [d for d in days if spec.covers(d)] or days
+    with instance() as inst:
+        return 0 if run_partitions(inst, [spec.symbol], days) else 1
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -43,6 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--symbols", nargs="+", default=None, help="default: BTCUSDT ETHUSDT")
     demo.add_argument("--days", type=int, default=None, help="how many sample days (default: all)")
     demo.set_defaults(func=cmd_demo)
+
+    backfill = sub.add_parser(
+        "backfill", help="materialize one symbol over a date range, day by day, in this process (uses LIQ_SOURCE)"
+    )
+    backfill.add_argument("symbol")
+    backfill.add_argument("--start", type=date.fromisoformat, required=True, help="YYYY-MM-DD")
+    backfill.add_argument("--end", type=date.fromisoformat, required=True, help="YYYY-MM-DD, inclusive")
+    backfill.set_defaults(func=cmd_backfill)
 
     bench = sub.add_parser("bench", help="print speed figures")
     bench.add_argument("what", choices=["ingest"])

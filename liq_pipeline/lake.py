@@ -10,6 +10,7 @@ and different partitions never touch the same path, so processes can write in pa
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -136,7 +137,7 @@ class Lake:
         """
         self.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
         created = []
-        with duckdb.connect(str(self.warehouse_path)) as con:
+        with self._connect_writer() as con:
             for view, sql in _VIEWS.items():
                 if not any((self.root / _VIEW_TABLE[view]).glob(f"*/*/{PART_FILE}")):
                     con.execute(f"DROP VIEW IF EXISTS {view}")
@@ -144,6 +145,18 @@ class Lake:
                 con.execute(f"CREATE OR REPLACE VIEW {view} AS {sql.format(lake=self.root.as_posix())}")
                 created.append(view)
         return created
+
+    def _connect_writer(self, wait_s: float = 60.0) -> duckdb.DuckDBPyConnection:
+        """Open the warehouse for writing. Outside Dagster's pool (two `liq backfill` processes) another writer
+        may hold the file lock for the instant of its refresh, so wait for it rather than fail."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return duckdb.connect(str(self.warehouse_path))
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def connect_readonly(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with the same views: reads the lake, never takes the warehouse lock."""

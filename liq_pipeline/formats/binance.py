@@ -159,23 +159,23 @@ LIQUIDATION_SNAPSHOT = ArchiveFormat(
 FORMATS = {f.table: f for f in (AGG_TRADES, KLINES, METRICS, FUNDING_RATE, LIQUIDATION_SNAPSHOT)}
 
 
-def _sniff(path: Path, fmt: ArchiveFormat) -> bool:
+def _sniff(path: Path, fmt: ArchiveFormat, name: str) -> bool:
     """True if the CSV starts with a header. Raises FormatError if its columns are not the format's."""
     with open(path, newline="") as fh:
         first = next(csv.reader(fh), None)
     if not first:
-        raise FormatError(f"{path}: the file is empty; delete it and fetch the {fmt.kind} file again")
+        raise FormatError(f"{name}: the file is empty; delete it and fetch the {fmt.kind} file again")
     first = [c.strip() for c in first]
     expected = fmt.column_names
     is_header = not _looks_numeric(first[0])
     if is_header and first != expected:
         raise FormatError(
-            f"{path}: wrong columns for a Binance {fmt.kind} file: got {first}, expected {expected}. "
+            f"{name}: wrong columns for a Binance {fmt.kind} file: got {first}, expected {expected}. "
             "Is this the right file for this table?"
         )
     if not is_header and len(first) != len(expected):
         raise FormatError(
-            f"{path}: rows have {len(first)} fields but a Binance {fmt.kind} file has {len(expected)} "
+            f"{name}: rows have {len(first)} fields but a Binance {fmt.kind} file has {len(expected)} "
             f"({', '.join(expected)}). Is this the right file for this table?"
         )
     return is_header
@@ -189,13 +189,16 @@ def _looks_numeric(text: str) -> bool:
         return False
 
 
-def parse_csv(path: Path, fmt: ArchiveFormat, symbol: str, day: date) -> pa.Table:
+def parse_csv(path: Path, fmt: ArchiveFormat, symbol: str, day: date, origin: str | None = None) -> pa.Table:
     """Parse one archive CSV into the lake table for (symbol, day): typed, sorted by key, without repeats.
+
+    `origin` names the file in errors (the zip or URL the CSV came from) when `path` is a temporary extract.
 
     Rows outside the day are an error for daily files (the file belongs to another day) and are filtered out for
     monthly files, which hold a month of days.
     """
-    header = _sniff(path, fmt)
+    name = origin or str(path)
+    header = _sniff(path, fmt, name)
     cols = "{" + ", ".join(f"'{c}': '{t}'" for c, t in fmt.columns) + "}"
     con = duckdb.connect()
     try:
@@ -204,9 +207,9 @@ def parse_csv(path: Path, fmt: ArchiveFormat, symbol: str, day: date) -> pa.Tabl
             f"FROM read_csv(?, header={str(header).lower()}, columns={cols}, auto_detect=false, delim=',', quote='\"')",
             params=[str(path)],
         )
-        table = rel.fetch_arrow_table()
+        table = rel.to_arrow_table()
     except duckdb.Error as exc:
-        raise FormatError(f"{path}: cannot parse as a Binance {fmt.kind} file: {str(exc).splitlines()[0]}") from exc
+        raise FormatError(f"{name}: cannot parse as a Binance {fmt.kind} file: {str(exc).splitlines()[0]}") from exc
     finally:
         con.close()
 
@@ -214,7 +217,7 @@ def parse_csv(path: Path, fmt: ArchiveFormat, symbol: str, day: date) -> pa.Tabl
         others = pc.unique(table["_file_symbol"]).to_pylist()
         if any(s != symbol for s in others):
             raise FormatError(
-                f"{path}: rows belong to {sorted(set(others) - {symbol})}, not {symbol}. "
+                f"{name}: rows belong to {sorted(set(others) - {symbol})}, not {symbol}. "
                 "The file was saved under the wrong symbol; fetch the right one."
             )
         table = table.drop_columns(["_file_symbol"])
@@ -227,7 +230,7 @@ def parse_csv(path: Path, fmt: ArchiveFormat, symbol: str, day: date) -> pa.Tabl
     elif table.num_rows and not pc.all(in_day).as_py():
         bad = table.filter(pc.invert(in_day))
         raise FormatError(
-            f"{path}: {bad.num_rows} of {table.num_rows} rows fall outside {day} (first at {bad[ts_col][0]}). "
+            f"{name}: {bad.num_rows} of {table.num_rows} rows fall outside {day} (first at {bad[ts_col][0]}). "
             f"The file belongs to another day; fetch {symbol}'s file for {day}."
         )
     table = _sort_unique(table, fmt.key)
@@ -243,7 +246,7 @@ def _sort_unique(table: pa.Table, key: str) -> pa.Table:
         con = duckdb.connect()
         try:
             con.register("rows", table)
-            return con.sql("SELECT DISTINCT * FROM rows ORDER BY ALL").fetch_arrow_table()
+            return con.sql("SELECT DISTINCT * FROM rows ORDER BY ALL").to_arrow_table()
         finally:
             con.close()
     values = table[key].combine_chunks()

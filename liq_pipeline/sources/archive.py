@@ -251,7 +251,7 @@ def ingest(source: Source, fmt: ArchiveFormat, symbol: str, day: date) -> Ingest
         return Ingested(empty_table(fmt, symbol, day), None, f"{note} ({exc})")
     with tempfile.TemporaryDirectory(prefix="liq-ingest-") as tmp:
         csv_path = extract_csv(fetched, fmt, symbol, day, Path(tmp))
-        return Ingested(parse_csv(csv_path, fmt, symbol, day), fetched)
+        return Ingested(parse_csv(csv_path, fmt, symbol, day, origin=str(fetched.origin)), fetched)
 
 
 def _legitimately_missing(fmt: ArchiveFormat, day: date) -> str | None:

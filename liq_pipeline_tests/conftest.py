@@ -1,0 +1,89 @@
+"""Shared fixtures: a small archive mirror made by the project's own sample generator, a lake per test, and a
+real HTTP server on 127.0.0.1 serving archive files."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from datetime import date
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from liq_pipeline.lake import Lake
+from liq_pipeline.sources import sample
+from liq_pipeline.symbols import load_registry
+
+FIXTURE_DAYS = (date(2024, 12, 27), date(2024, 12, 28))
+FIXTURE_SYMBOLS = ("BTCUSDT", "ETHUSDT")
+FIXTURE_TRADES = 3_000
+
+
+@pytest.fixture(scope="session")
+def sample_mirror(tmp_path_factory) -> Path:
+    """A read-only archive mirror: BTCUSDT and ETHUSDT for two days, every format. Copy it before changing it."""
+    root = tmp_path_factory.mktemp("mirror")
+    registry = load_registry()
+    for symbol in FIXTURE_SYMBOLS:
+        for day in FIXTURE_DAYS:
+            sample.write_day(root, registry.get(symbol), day, trades_per_day=FIXTURE_TRADES)
+    return root
+
+
+@pytest.fixture
+def mirror(sample_mirror, tmp_path) -> Path:
+    """A private copy of the mirror that a test may damage."""
+    return Path(shutil.copytree(sample_mirror, tmp_path / "mirror"))
+
+
+@pytest.fixture
+def lake(tmp_path, monkeypatch) -> Lake:
+    data = tmp_path / "data"
+    monkeypatch.setenv("LIQ_DATA_DIR", str(data))
+    return Lake.at(data)
+
+
+class ArchiveServer:
+    """A static file server over a folder, like data.binance.vision over a mirror. It can answer chosen paths
+    with an error status a given number of times first, to exercise retries."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.failures: dict[str, list[tuple[int, dict]]] = {}
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(SimpleHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                server.requests.append(self.path)
+                queued = server.failures.get(self.path)
+                if queued:
+                    status, headers = queued.pop(0)
+                    self.send_response(status)
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def archive_server(mirror):
+    server = ArchiveServer(mirror)
+    yield server
+    server.close()
