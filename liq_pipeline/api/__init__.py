@@ -1,0 +1,5 @@
+"""The read-only HTTP API and the Coinglass-style heatmap page over the lake (`liq serve`)."""
+
+from liq_pipeline.api.app import BackgroundServer, create_app, serve
+
+__all__ = ["BackgroundServer", "create_app", "serve"]
