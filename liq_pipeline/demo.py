@@ -25,6 +25,7 @@ def run_demo(instance: DagsterInstance, symbols: list[str] | None = None, days: 
     if not run_partitions(instance, symbols, sample_days):
         return 1
     print_summary(lake, symbols)
+    print_levels(lake, symbols)
     print("\nOpen the Dagster UI on these runs:  uv run dagster dev   (then http://127.0.0.1:3000)")
     print(f"Query the warehouse:               duckdb {lake.warehouse_path}")
     return 0
@@ -59,3 +60,26 @@ def print_summary(lake: Lake, symbols: list[str]) -> None:
     for table in SUMMARY_TABLES:
         counts = [lake.row_count(table, symbol) for symbol in symbols]
         print(f"  {table:<22}" + "".join(f"{n:>12,}" for n in counts))
+
+
+def print_levels(lake: Lake, symbols: list[str], top: int = 5) -> None:
+    """The strongest long and short zones at the end of each symbol's newest modelled day."""
+    for symbol in symbols:
+        days = lake.symbol_dates("liquidation_levels").get(symbol)
+        if not days:
+            print(f"\n{symbol}: no liquidation levels yet")
+            continue
+        df = lake.read("liquidation_levels", symbol, [days[-1]]).to_pandas()
+        end = df[df["is_end"]]
+        if end.empty:
+            print(f"\n{symbol}: no zones at the end of {days[-1]}")
+            continue
+        price = end["current_price"].iloc[0]
+        print(f"\n{symbol} liquidation zones at {end['ts'].iloc[0]:%Y-%m-%d %H:%M} UTC (price {price:,.2f}), model estimate:")
+        for side in ("long", "short"):
+            rows = end[end["side"] == side].sort_values("rank").head(top)
+            for r in rows.itertuples():
+                print(
+                    f"  {side:<5} #{r.rank}  {r.price_low:>12,.2f} .. {r.price_high:<12,.2f}"
+                    f" {r.notional_usd / 1e6:>9,.2f}M USD  {r.distance_pct:5.2f}% {'below' if side == 'long' else 'above'}"
+                )

@@ -6,9 +6,11 @@ not available to load partitions") and cannot be read without an instance. Keys 
 
 from __future__ import annotations
 
+import warnings
 from datetime import date
 
 from dagster import (
+    BetaWarning,
     DailyPartitionsDefinition,
     DimensionPartitionMapping,
     IdentityPartitionMapping,
@@ -42,9 +44,17 @@ def split_key(key: str | MultiPartitionKey) -> tuple[str, date]:
 
 def lookback_mapping(days: int) -> MultiPartitionMapping:
     """The last `days` days of the same symbol. Both dimensions are named: one left out would map to all."""
+    with warnings.catch_warnings():  # both are marked beta; they are the documented way to do this
+        warnings.simplefilter("ignore", BetaWarning)
+        return _lookback_mapping(days)
+
+
+def _lookback_mapping(days: int) -> MultiPartitionMapping:
     return MultiPartitionMapping(
         {
-            "date": DimensionPartitionMapping("date", TimeWindowPartitionMapping(start_offset=-(days - 1))),
+            "date": DimensionPartitionMapping("date", TimeWindowPartitionMapping(
+                    start_offset=-(days - 1), allow_nonexistent_upstream_partitions=True  # days before the start
+                )),
             "symbol": DimensionPartitionMapping("symbol", IdentityPartitionMapping()),
         }
     )

@@ -1,0 +1,203 @@
+"""Between the lake and the model: read a symbol's lookback into `ModelInputs`, turn a `ModelResult` into tables.
+
+Plain functions over `LakeSlice`s and Arrow tables, so the Dagster assets stay thin and the bench and tests can
+call the same code. DuckDB does the heavy reading (1-minute klines to steps, millions of trades to a volume
+profile) straight from the Parquet files; the engine only ever sees numpy arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from liq_pipeline.lake import LakeSlice
+from liq_pipeline.model import ModelConfig, ModelInputs, ModelResult, hourly_levels, run_model
+from liq_pipeline.symbols import SymbolSpec
+
+CONFIG_KEY = b"liq_model_config"  # Parquet schema metadata: the parameters that produced a heatmap (read by the API)
+LEVEL_COLUMNS = [
+    "ts", "side", "rank", "price_low", "price_high", "peak_price", "notional_usd", "distance_pct", "current_price",
+    "is_end",
+]
+
+
+class MissingInputError(RuntimeError):
+    """The partition's own day is missing from a raw table: the model cannot run for it."""
+
+
+@dataclass
+class LoadedInputs:
+    inputs: ModelInputs
+    day_start: datetime  # UTC, naive: the first step kept in the output
+    days_used: list[date]
+    days_missing: dict[str, list[date]]  # table -> lookback days absent from the lake (skipped)
+    n_trades: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _files(s: LakeSlice) -> list[str]:
+    return [str(p) for p in s.files]
+
+
+def load_inputs(
+    day: date, config: ModelConfig, klines: LakeSlice, open_interest: LakeSlice, agg_trades: LakeSlice | None
+) -> LoadedInputs:
+    """The last `config.lookback_days` days up to `day` of one symbol, aggregated to the model's step.
+
+    Lookback days missing from the lake are skipped and reported; the partition's own day must exist in klines and
+    open_interest, else `MissingInputError` names the raw partition to materialize. Without aggTrades for a step the
+    engine falls back to the kline typical price.
+    """
+    n = config.lookback_days
+    klines, open_interest = klines.last(n), open_interest.last(n)
+    for s in (klines, open_interest):
+        if day not in s.present:
+            raise MissingInputError(
+                f"raw partition {day}|{s.symbol} of {s.table} is not in the lake ({s.lake.root / s.table}); "
+                f"materialize {s.table} for {day}|{s.symbol} first"
+            )
+    trades = agg_trades.last(n) if agg_trades is not None else None
+    step_us = config.step_minutes * 60 * 1_000_000
+    seconds: dict[str, float] = {}
+    con = duckdb.connect()
+    try:
+        started = time.perf_counter()
+        bars = con.execute(
+            f"""
+            SELECT epoch_us(open_time) // {step_us} AS step,
+                   arg_min(open, open_time) AS o, max(high) AS h, min(low) AS l, arg_max(close, open_time) AS c,
+                   sum(taker_buy_volume) AS buy, sum(volume) - sum(taker_buy_volume) AS sell
+            FROM read_parquet(?) GROUP BY step ORDER BY step
+            """,
+            [_files(klines)],
+        ).fetchnumpy()
+        steps = bars["step"].astype(np.int64)
+        # Open interest at the end of each step: the last 5-minute reading at or before it.
+        oi = con.execute(
+            "SELECT epoch_us(ts) AS t, open_interest FROM read_parquet(?) ORDER BY ts", [_files(open_interest)]
+        ).fetchnumpy()
+        ends = (steps + 1) * step_us
+        at = np.searchsorted(oi["t"], ends, side="right") - 1
+        oi_at_end = np.where(at >= 0, oi["open_interest"][np.clip(at, 0, None)], np.nan)
+        seconds["klines+oi"] = time.perf_counter() - started
+
+        profile: dict[str, np.ndarray] = {}
+        n_trades = 0
+        if trades is not None and trades.present:
+            started = time.perf_counter()
+            bucket = config.price_bin / 4  # the engine's own entry resolution
+            prof = con.execute(
+                f"""
+                SELECT epoch_us(ts) // {step_us} AS step, sum(price * quantity) / sum(quantity) AS vwap,
+                       sum(quantity) AS qty, count(*) AS n
+                FROM read_parquet(?) GROUP BY step, floor(price / {bucket}) ORDER BY step, vwap
+                """,
+                [_files(trades)],
+            ).fetchnumpy()
+            n_trades = int(prof["n"].sum())
+            index = np.searchsorted(steps, prof["step"])
+            known = (index < steps.size) & (steps[np.clip(index, 0, steps.size - 1)] == prof["step"])
+            profile = {
+                "profile_step": index[known],
+                "profile_price": prof["vwap"][known],
+                "profile_qty": prof["qty"][known],
+            }
+            seconds["volume profile"] = time.perf_counter() - started
+    finally:
+        con.close()
+
+    inputs = ModelInputs(
+        ts=(steps * step_us * 1000).astype("datetime64[ns]"),
+        open=bars["o"], high=bars["h"], low=bars["l"], close=bars["c"], oi=oi_at_end,
+        taker_buy=bars["buy"], taker_sell=bars["sell"], **profile,
+    )
+    missing = {s.table: list(s.missing) for s in (klines, open_interest, trades) if s is not None and s.missing}
+    return LoadedInputs(
+        inputs=inputs,
+        day_start=datetime.combine(day, datetime.min.time()),
+        days_used=list(klines.present),
+        days_missing=missing,
+        n_trades=n_trades,
+        seconds=seconds,
+    )
+
+
+def run_day(spec: SymbolSpec, config: ModelConfig, loaded: LoadedInputs) -> ModelResult:
+    """Replay the whole lookback, keep the partition's day."""
+    return run_model(spec, config, loaded.inputs, keep_from=np.datetime64(loaded.day_start, "ns"))
+
+
+def _meta(config: ModelConfig) -> dict[bytes, bytes]:
+    return {CONFIG_KEY: json.dumps(config.to_dict(), sort_keys=True).encode()}
+
+
+def heatmap_table(result: ModelResult) -> pa.Table:
+    """One row per (step, price bin) with mass: the state after the step that starts at `ts`."""
+    rows = result.heatmap_rows()
+    table = pa.table(
+        {
+            "ts": pa.array(rows["ts"].astype("datetime64[us]"), pa.timestamp("us")),
+            "price": pa.array(rows["price"], pa.float64()),
+            "long_usd": pa.array(rows["long_usd"], pa.float64()),
+            "short_usd": pa.array(rows["short_usd"], pa.float64()),
+        }
+    )
+    return table.replace_schema_metadata(_meta(result.config))
+
+
+def levels_table(result: ModelResult, top: int = 10) -> pa.Table:
+    """The strongest zones at each hour and at the end of the day (`is_end`), ranked per side."""
+    rows = hourly_levels(result, top)
+    cols: dict[str, list] = {c: [r[c] for r in rows] for c in LEVEL_COLUMNS}
+    cols["ts"] = [t.replace(tzinfo=None) for t in cols["ts"]]
+    schema = pa.schema(
+        [
+            ("ts", pa.timestamp("us")), ("side", pa.string()), ("rank", pa.int32()), ("price_low", pa.float64()),
+            ("price_high", pa.float64()), ("peak_price", pa.float64()), ("notional_usd", pa.float64()),
+            ("distance_pct", pa.float64()), ("current_price", pa.float64()), ("is_end", pa.bool_()),
+        ],
+        metadata=_meta(result.config),
+    )
+    return pa.table(cols, schema=schema)
+
+
+def events_table(result: ModelResult) -> pa.Table:
+    """Predicted liquidations: when price ran through a level, the notional the model says was liquidated."""
+    ev = result.events
+    return pa.table(
+        {
+            "ts": pa.array(ev["ts"].astype("datetime64[us]"), pa.timestamp("us")),
+            "side": pa.array(np.where(ev["side"] == 0, "long", "short"), pa.string()),
+            "price": pa.array(ev["price"], pa.float64()),
+            "notional_usd": pa.array(ev["notional"], pa.float64()),
+        }
+    ).replace_schema_metadata(_meta(result.config))
+
+
+def invariant_failures(result: ModelResult, inputs: ModelInputs, rel_tol: float = 1e-9) -> list[str]:
+    """DESIGN §4's invariants on one replay; an empty list means they hold."""
+    problems = []
+    for side, ledger in result.ledger.items():
+        total = ledger["open"] + ledger["closed"] + ledger["liquidated"]
+        if abs(ledger["opened"] - total) > rel_tol * max(ledger["opened"], 1.0):
+            problems.append(f"{side}: opened {ledger['opened']:.6g} != open + closed + liquidated {total:.6g}")
+    low, high = inputs.low[result.step_index], inputs.high[result.step_index]
+    long_bad = (result.long_usd > 0) & (result.prices[None, :] >= low[:, None])
+    short_bad = (result.short_usd > 0) & (result.prices[None, :] <= high[:, None])
+    if long_bad.any():
+        problems.append(f"{int(long_bad.sum())} long cells at or above their step's low")
+    if short_bad.any():
+        problems.append(f"{int(short_bad.sum())} short cells at or below their step's high")
+    cap = result.oi_usd * (1 + rel_tol)
+    for name, series in (("long", result.open_long_usd), ("short", result.open_short_usd)):
+        over = series > cap
+        if over.any():
+            problems.append(f"open {name} notional above open-interest notional at {int(over.sum())} steps")
+    return problems
+
