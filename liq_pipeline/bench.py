@@ -65,3 +65,48 @@ def bench_ingest(args: argparse.Namespace) -> int:
     print(f"ratio to the floor: {t_ours / t_floor:.2f}x (target <= 1.5x; median of {args.repeat})")
     print(f"ratio to floor + unzip: {t_ours / (t_floor + t_unzip):.2f}x")
     return 0
+
+
+def bench_model(args: argparse.Namespace) -> int:
+    """One BTCUSDT symbol-day with a 14-day lookback of full-size sample days, aggTrades included."""
+    from datetime import timedelta
+
+    from liq_pipeline import model_io
+    from liq_pipeline.formats import FORMATS
+    from liq_pipeline.model import ModelConfig
+
+    spec = load_registry().get("BTCUSDT")
+    cfg = ModelConfig.for_symbol(spec)
+    days = [BENCH_DAY - timedelta(days=i) for i in range(cfg.lookback_days - 1, -1, -1)]
+    with tempfile.TemporaryDirectory(prefix="liq-bench-") as tmp:
+        root = Path(tmp)
+        mirror, lake = LocalMirror(root / "mirror"), Lake(root / "lake")
+        started = time.perf_counter()
+        for day in days:
+            sample.write_day(root / "mirror", spec, day, trades_per_day=args.trades)
+            for table in ("agg_trades", "klines", "open_interest"):
+                fmt = FORMATS[table]
+                lake.write(table, spec.symbol, day, ingest(mirror, fmt, spec.symbol, day).table)
+        print(f"prepared {len(days)} days x {args.trades:,} trades in {time.perf_counter() - started:.0f} s")
+        slices = {t: lake.slice(t, spec.symbol, days) for t in ("klines", "open_interest", "agg_trades")}
+
+        def load():
+            return model_io.load_inputs(BENCH_DAY, cfg, slices["klines"], slices["open_interest"], slices["agg_trades"])
+
+        loaded = load()
+        t_load = _median_time(load, args.repeat)
+        t_model = _median_time(lambda: model_io.run_day(spec, cfg, loaded), args.repeat)
+        result = model_io.run_day(spec, cfg, loaded)
+        t_tables = _median_time(
+            lambda: (model_io.heatmap_table(result), model_io.levels_table(result), model_io.events_table(result)),
+            args.repeat,
+        )
+    steps = result.n_steps
+    print(f"lookback {cfg.lookback_days} days, {steps:,} steps, {result.prices.size:,} price bins x "
+          f"{len(cfg.leverage)} leverages x 2 sides, {loaded.n_trades:,} trades in the volume profile")
+    print(f"model (run_model):             median {t_model:.3f} s per symbol-day  {steps / t_model:,.0f} steps/s"
+          "  (target < 1 s)")
+    print(f"inputs (DuckDB: bars, OI, volume profile of {len(days)} days): median {t_load:.3f} s")
+    print(f"output tables (heatmap, levels, events):   median {t_tables:.3f} s")
+    print(f"total per symbol-day: {t_model + t_load + t_tables:.2f} s (median of {args.repeat})")
+    return 0

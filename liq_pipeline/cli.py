@@ -51,9 +51,26 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "api":
+        from liq_pipeline.api.bench import bench_api_command
+
+        return bench_api_command(args)
     from liq_pipeline import bench
 
-    return {"ingest": bench.bench_ingest}[args.what](args)
+    return {"ingest": bench.bench_ingest, "model": bench.bench_model}[args.what](args)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from liq_pipeline.api.app import serve
+
+    serve(args.host, args.port)
+    return 0
+
+
+def cmd_screenshot_levels(args: argparse.Namespace) -> int:
+    from liq_pipeline.validation.screenshot import screenshot_levels_cli
+
+    return screenshot_levels_cli(args.file, args.json)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,16 +90,28 @@ def main(argv: list[str] | None = None) -> int:
     backfill.add_argument("--end", type=date.fromisoformat, required=True, help="YYYY-MM-DD, inclusive")
     backfill.set_defaults(func=cmd_backfill)
 
+    serve = sub.add_parser("serve", help="the read-only heatmap API and page (FastAPI + uvicorn)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=cmd_serve)
+
+    shot = sub.add_parser("screenshot-levels", help="read the levels off a Coinglass heatmap screenshot")
+    shot.add_argument("file", type=Path)
+    shot.add_argument("--json", action="store_true", help="print one JSON object")
+    shot.set_defaults(func=cmd_screenshot_levels)
+
     bench = sub.add_parser("bench", help="print speed figures")
-    bench.add_argument("what", choices=["ingest"])
-    bench.add_argument("--trades", type=int, default=2_500_000, help="aggTrades in the generated day")
+    bench.add_argument("what", choices=["ingest", "model", "api"])
+    bench.add_argument("--trades", type=int, default=2_500_000, help="aggTrades per generated day (ingest, model)")
     bench.add_argument("--repeat", type=int, default=3)
+    bench.add_argument("--requests", type=int, default=200, help="requests per window (api)")
+    bench.add_argument("--data-dir", dest="data_dir", default=None, help="lake to serve (api; default synthetic)")
     bench.set_defaults(func=cmd_bench)
 
     args = parser.parse_args(argv)
     started = time.perf_counter()
     code = args.func(args)
-    if args.command != "bench":
+    if args.command not in ("bench", "screenshot-levels"):
         print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return code
 
