@@ -15,8 +15,10 @@ step at or just before ``captured_at``):
 - tolerance: ``max(tolerance_pct % of current_price, price_bin)``; one number per screenshot so that matching is
   symmetric.
 - distance of a price to a zone: distance to the interval ``[price_low, price_high]``, 0 inside.
-- ``hit_rate``: fraction of the Coinglass levels within tolerance of one of our zones (``n_coinglass_levels``).
-- ``precision``: fraction of our zones within tolerance of one of those Coinglass levels (``n_our_zones``).
+- ``hit_rate``: fraction of the Coinglass levels within tolerance of one of our zones (``n_coinglass_levels``);
+  0.0 when we have no zones in the visible range (we miss every level).
+- ``precision``: fraction of our zones within tolerance of one of those Coinglass levels (``n_our_zones``); None
+  when the screenshot shows no levels (Coinglass is the reference: nothing to compare with).
 - ``rank_correlation``: Spearman correlation (average ranks for ties) between the screenshot's intensity profile and
   our long+short mass per profile row (``n_profile_points``). Our mass is resampled exactly: each bin spreads its
   mass uniformly over ``[centre - bin/2, centre + bin/2]`` and each profile row takes the mass overlapping its cell
@@ -48,7 +50,7 @@ import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +134,9 @@ def _cell_edges(centres: np.ndarray) -> np.ndarray:
     if centres.size == 1:
         return np.array([centres[0], centres[0]])
     mid = (centres[1:] + centres[:-1]) / 2
-    return np.concatenate([[centres[0] - (mid[0] - centres[0])], mid, [centres[-1] + (centres[-1] - mid[-1])]])
+    return np.concatenate(
+        [[centres[0] - (mid[0] - centres[0])], mid, [centres[-1] + (centres[-1] - mid[-1])]]
+    )
 
 
 def _interval_distance(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
@@ -283,15 +287,25 @@ def coinglass_scores(
     tol = max(tolerance_pct / 100.0 * float(current_price), float(price_bin))
 
     reasons: dict[str, str] = {}
-    near = _interval_distance(cg, z_lo, z_hi) <= tol if cg.size and z_lo.size else np.zeros((cg.size, z_lo.size), bool)
+    near = (
+        _interval_distance(cg, z_lo, z_hi) <= tol
+        if cg.size and z_lo.size
+        else np.zeros((cg.size, z_lo.size), bool)
+    )
     n_hits = int(near.any(axis=1).sum()) if cg.size else 0
     n_matched = int(near.any(axis=0).sum()) if z_lo.size else 0
     hit_rate = n_hits / cg.size if cg.size else None
     if hit_rate is None:
         reasons["hit_rate"] = "the screenshot shows no Coinglass levels"
-    precision = n_matched / z_lo.size if z_lo.size else None
+    # Coinglass is the reference: with no Coinglass levels there is nothing to compare with (a reading that found
+    # none), so precision is None too; with no zones of ours, hit_rate is a real 0 (we miss every level).
+    precision = n_matched / z_lo.size if z_lo.size and cg.size else None
     if precision is None:
-        reasons["precision"] = "our heatmap has no zones in the visible price range"
+        reasons["precision"] = (
+            "our heatmap has no zones in the visible price range"
+            if not z_lo.size
+            else "the screenshot shows no Coinglass levels to match our zones with"
+        )
 
     rho, n_points = None, 0
     if prof_p.size:
@@ -311,7 +325,9 @@ def coinglass_scores(
                     else "only one profile point inside our grid"
                 )
         else:
-            reasons["rank_correlation"] = "our heatmap grid does not cover the screenshot's visible price range"
+            reasons["rank_correlation"] = (
+                "our heatmap grid does not cover the screenshot's visible price range"
+            )
     else:
         reasons["rank_correlation"] = "the screenshot has no intensity profile"
 
@@ -349,7 +365,9 @@ def step_at(step_times, when) -> int | None:
 # Forced liquidations
 
 
-def naive_zones(price_low: float, price_high: float, current_price: float, n: int, total_width: float) -> list[dict]:
+def naive_zones(
+    price_low: float, price_high: float, current_price: float, n: int, total_width: float
+) -> list[dict]:
     """The naive baseline: ``n`` zones evenly spread over ``[price_low, price_high]`` (the range price travelled in
     the lookback), zone i centred at ``price_low + (i + 0.5) * range / n`` and ``total_width / n`` wide. A zone
     centred below ``current_price`` is a long zone, else a short zone. Rows look like `levels.zones` rows (bounds in
@@ -371,11 +389,15 @@ def naive_zones(price_low: float, price_high: float, current_price: float, n: in
                 "price_high": centre + width / 2,
                 "peak_price": centre,
                 "notional_usd": 0.0,
-                "distance_pct": abs(centre - current_price) / current_price * 100.0 if current_price else None,
+                "distance_pct": abs(centre - current_price) / current_price * 100.0
+                if current_price
+                else None,
             }
         )
     for side in ("long", "short"):
-        mine = sorted((r for r in rows if r["side"] == side), key=lambda r: abs(r["peak_price"] - current_price))
+        mine = sorted(
+            (r for r in rows if r["side"] == side), key=lambda r: abs(r["peak_price"] - current_price)
+        )
         for rank, r in enumerate(mine, start=1):
             r["rank"] = rank
     return rows
@@ -385,7 +407,9 @@ def _norm_side(values: pd.Series) -> np.ndarray:
     s = values.astype(str).str.strip().str.lower()
     bad = sorted(set(s.unique()) - {"long", "short"})
     if bad:
-        raise ValueError(f"liquidation side must be 'long' or 'short' (the position liquidated), got {bad[:5]}")
+        raise ValueError(
+            f"liquidation side must be 'long' or 'short' (the position liquidated), got {bad[:5]}"
+        )
     return s.to_numpy()
 
 
@@ -448,13 +472,19 @@ def backtest_scores(
     start = _utc_timestamp(t0)
     end = start + pd.Timedelta(hours=float(horizon_hours))
     if current_price is None:
-        current_price = next((_num(r.get("current_price")) for r in rows if _num(r.get("current_price"))), None)
+        current_price = next(
+            (_num(r.get("current_price")) for r in rows if _num(r.get("current_price"))), None
+        )
 
     scored = sorted(rows, key=lambda r: -float(r["notional_usd"]))[:k]
     width = float(sum(float(r["price_high"]) - float(r["price_low"]) for r in scored))
     reasons: dict[str, str] = {}
 
-    liq = liquidations if liquidations is not None else pd.DataFrame(columns=["ts", "side", "price", "notional_usd"])
+    liq = (
+        liquidations
+        if liquidations is not None
+        else pd.DataFrame(columns=["ts", "side", "price", "notional_usd"])
+    )
     missing = {"ts", "side", "price", "notional_usd"} - set(liq.columns)
     if missing:
         raise ValueError(f"liquidations lack columns {sorted(missing)}")
@@ -469,7 +499,9 @@ def backtest_scores(
     half = price_bin / 2.0
 
     if baseline_zones is not None:
-        base = [dict(r) for r in baseline_zones][: len(scored)] if scored else [dict(r) for r in baseline_zones]
+        base = (
+            [dict(r) for r in baseline_zones][: len(scored)] if scored else [dict(r) for r in baseline_zones]
+        )
     elif price_range is not None and current_price is not None and scored:
         base = naive_zones(price_range[0], price_range[1], float(current_price), len(scored), width)
     else:
@@ -533,12 +565,12 @@ def _jsonable(value: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple | np.ndarray):
         return [_jsonable(v) for v in value]
+    if isinstance(value, datetime | pd.Timestamp | np.datetime64):
+        return iso_utc(value)
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    if isinstance(value, datetime | pd.Timestamp | np.datetime64):
-        return iso_utc(value)
     if isinstance(value, Path):
         return str(value)
     return value
@@ -632,14 +664,13 @@ def _merge(existing: list[tuple[str, dict | None]], new: Iterable[Mapping], key:
     items = list(existing) + [(json.dumps(_jsonable(r)), _jsonable(r)) for r in new]
     for raw, obj in items:
         k = _key_of(obj, key)
-        line = raw if obj is None else json.dumps(obj)
         if k is None:
             out.append(raw)
         elif k in where:
-            out[where[k]] = line
+            out[where[k]] = raw
         else:
             where[k] = len(out)
-            out.append(line)
+            out.append(raw)
     return out
 
 
@@ -815,5 +846,3 @@ __all__ = [
     "summarise",
     "upsert_jsonl",
 ]
-
-_ = UTC  # re-exported timezone for callers building captured_at values
