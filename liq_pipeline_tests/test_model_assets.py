@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pyarrow.compute as pc
 import pytest
 from dagster import AssetKey, materialize
@@ -97,3 +98,26 @@ def test_missing_own_day_names_the_raw_partition(local, tmp_path):
     text = "\n".join(e.message for e in (error, error.cause) if e)
     assert f"raw partition {DAY}|BTCUSDT of klines is not in the lake" in text
     assert not (tmp_path / "lake" / "liquidation_heatmap").exists()
+
+
+@pytest.mark.parametrize("symbol", ["BTCUSDT", "ETHUSDT"])
+def test_api_serves_the_pipelines_own_output(local, tmp_path, symbol):
+    """The seed's contract against a lake the real raw -> model graph built from fixtures (not a synthetic lake)."""
+    from fastapi.testclient import TestClient
+
+    from liq_pipeline.api.app import create_app
+
+    assert all(r.success for r in run_graph(tmp_path, [symbol]))
+    client = TestClient(create_app(tmp_path))
+    r = client.get("/liquidations/heatmap-timeseries", params={"symbol": symbol, "time_window": "48h"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["params"]["lookback_days"] == 14 and body["params"]["price_bin"] > 0
+    grid = np.array(body["long"], dtype=float) + np.array(body["short"], dtype=float)
+    assert grid.shape == (len(body["times"]), len(body["prices"])) and grid.sum() > 0
+    klines = Lake.at(tmp_path).read("klines", symbol, list(FIXTURE_DAYS))
+    lo, hi = pc.min(klines["low"]).as_py(), pc.max(klines["high"]).as_py()
+    assert all(lo * 0.999 <= c <= hi * 1.001 for c in body["candles"]["close"] if c is not None)
+    levels = client.get("/liquidations/levels", params={"symbol": symbol, "top": 3}).json()["levels"]
+    assert {lv["side"] for lv in levels} == {"long", "short"}
+    assert client.get("/symbols").status_code == 200
