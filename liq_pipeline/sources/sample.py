@@ -48,6 +48,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from liq_pipeline.formats import FORMATS
 from liq_pipeline.symbols import SymbolSpec, load_registry
 
 SAMPLE_DAYS: tuple[date, ...] = tuple(date(2024, 12, 25) + timedelta(days=i) for i in range(4))
@@ -109,13 +110,10 @@ class SampleDay:
 
 
 def archive_relpath(kind: str, symbol: str, day: date) -> str:
-    """Relative path of a zip under the archive root, exactly as data.binance.vision lays it out."""
-    if kind == "klines":
-        return f"data/futures/um/daily/klines/{symbol}/1m/{symbol}-1m-{day.isoformat()}.zip"
-    if kind == "fundingRate":
-        return f"data/futures/um/monthly/fundingRate/{symbol}/{symbol}-fundingRate-{day:%Y-%m}.zip"
-    if kind in KINDS:
-        return f"data/futures/um/daily/{kind}/{symbol}/{symbol}-{kind}-{day.isoformat()}.zip"
+    """Relative path of a zip under the archive root: the formats module's layout, looked up by archive kind."""
+    for fmt in FORMATS.values():
+        if fmt.kind == kind:
+            return fmt.relpath(symbol, day)
     raise ValueError(f"Unknown archive kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 
