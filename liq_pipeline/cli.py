@@ -67,6 +67,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate_report(args: argparse.Namespace) -> int:
+    from liq_pipeline.validation.report import validate_report_cli
+
+    return validate_report_cli()
+
+
 def cmd_screenshot_levels(args: argparse.Namespace) -> int:
     from liq_pipeline.validation.screenshot import screenshot_levels_cli
 
@@ -99,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     shot.add_argument("file", type=Path)
     shot.add_argument("--json", action="store_true", help="print one JSON object")
     shot.set_defaults(func=cmd_screenshot_levels)
+
+    report = sub.add_parser("validate-report", help="BTC vs ETH: hit rate, precision@k, recall and their deltas")
+    report.set_defaults(func=cmd_validate_report)
 
     bench = sub.add_parser("bench", help="print speed figures")
     bench.add_argument("what", choices=["ingest", "model", "api"])

@@ -4,14 +4,17 @@ from dagster import Definitions
 
 from liq_pipeline.assets.model import MODEL_ASSETS
 from liq_pipeline.assets.raw import RAW_ASSETS
+from liq_pipeline.assets.validation import VALIDATION_ASSETS
 from liq_pipeline.assets.warehouse import warehouse_views
-from liq_pipeline.jobs import daily_job, warehouse_job
+from liq_pipeline.jobs import daily_job, validation_job, warehouse_job
 from liq_pipeline.resources import ArchiveSource, LakeIOManager, LakeResource
 from liq_pipeline.schedules import daily_schedule
+from liq_pipeline.sensors import coinglass_screenshot_sensor
 
 defs = Definitions(
-    assets=[*RAW_ASSETS, *MODEL_ASSETS, warehouse_views],
-    jobs=[daily_job, warehouse_job],
+    assets=[*RAW_ASSETS, *MODEL_ASSETS, *VALIDATION_ASSETS, warehouse_views],
+    jobs=[daily_job, validation_job, warehouse_job],
+    sensors=[coinglass_screenshot_sensor],
     schedules=[daily_schedule],
     resources={
         "lake_io_manager": LakeIOManager(),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import date
+from datetime import UTC, date, datetime
 
 from dagster import DagsterInstance
 
@@ -26,6 +26,8 @@ def run_demo(instance: DagsterInstance, symbols: list[str] | None = None, days: 
         return 1
     print_summary(lake, symbols)
     print_levels(lake, symbols)
+    if not run_screenshot_sensor(instance, lake, symbols, sample_days[-1]):
+        return 1
     print("\nOpen the Dagster UI on these runs:  uv run dagster dev   (then http://127.0.0.1:3000)")
     print(f"Query the warehouse:               duckdb {lake.warehouse_path}")
     return 0
@@ -83,3 +85,33 @@ def print_levels(lake: Lake, symbols: list[str], top: int = 5) -> None:
                     f"  {side:<5} #{r.rank}  {r.price_low:>12,.2f} .. {r.price_high:<12,.2f}"
                     f" {r.notional_usd / 1e6:>9,.2f}M USD  {r.distance_pct:5.2f}% {'below' if side == 'long' else 'above'}"
                 )
+
+
+def run_screenshot_sensor(instance: DagsterInstance, lake: Lake, symbols: list[str], day: date) -> bool:
+    """Drop one Coinglass-style screenshot per symbol into the screenshot folder, as N8N would, evaluate the sensor
+    once and run what it requests, then print the BTC vs ETH report."""
+    from dagster import build_sensor_context
+
+    from liq_pipeline.definitions import defs
+    from liq_pipeline.sensors import coinglass_screenshot_sensor, screenshot_dir
+    from liq_pipeline.validation.report import comparison_jsonl, validation_report
+    from liq_pipeline.validation.sample_screenshots import write_sample_screenshot
+
+    folder = screenshot_dir()
+    at = datetime.combine(day, datetime.min.time(), UTC).replace(hour=12)
+    print(f"\nScreenshots (a peer model drawn Coinglass-style; see README) into {folder}:")
+    for symbol in symbols:
+        print(f"  {write_sample_screenshot(lake, folder, symbol, at).name}")
+    requests = coinglass_screenshot_sensor(build_sensor_context(instance=instance)) or []
+    job = defs.resolve_job_def("validation_job")
+    for request in requests:
+        result = job.execute_in_process(
+            partition_key=request.partition_key, tags=request.tags, instance=instance, raise_on_error=False,
+            run_config=QUIET,
+        )
+        print(f"  sensor -> run {result.run_id[:8]} for {request.partition_key}: {'ok' if result.success else 'FAILED'}")
+        if not result.success:
+            return False
+    print(f"\n{validation_report(lake)}")
+    print(f"Per-screenshot hit rates: {comparison_jsonl(lake)}")
+    return True

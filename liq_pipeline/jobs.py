@@ -7,9 +7,17 @@ from liq_pipeline.partitions import SYMBOL_DATE
 # Everything partitioned by date|symbol: the raw tables and what the model builds from them.
 daily_job = define_asset_job(
     "daily_job",
-    selection=AssetSelection.groups("raw", "model"),
+    selection=AssetSelection.groups("raw", "model", "validation"),
     partitions_def=SYMBOL_DATE,
     description="One symbol-day: download, parse and model. Backfill it per symbol from the UI.",
+)
+
+# What the screenshot sensor runs for the partition of each new screenshot.
+validation_job = define_asset_job(
+    "validation_job",
+    selection=AssetSelection.assets("coinglass_levels", "validation_scores"),
+    partitions_def=SYMBOL_DATE,
+    description="Read the day's Coinglass screenshots and score the model against them and forced liquidations.",
 )
 
 warehouse_job = define_asset_job("warehouse_job", selection=AssetSelection.groups("warehouse"))

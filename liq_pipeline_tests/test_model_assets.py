@@ -121,3 +121,43 @@ def test_api_serves_the_pipelines_own_output(local, tmp_path, symbol):
     levels = client.get("/liquidations/levels", params={"symbol": symbol, "top": 3}).json()["levels"]
     assert {lv["side"] for lv in levels} == {"long", "short"}
     assert client.get("/symbols").status_code == 200
+
+
+def test_screenshot_to_scores_and_jsonl_without_duplicates(local, tmp_path, monkeypatch):
+    from datetime import UTC, datetime
+
+    from liq_pipeline.assets.validation import VALIDATION_ASSETS
+    from liq_pipeline.validation.report import comparison_jsonl
+    from liq_pipeline.validation.sample_screenshots import write_sample_screenshot
+    from liq_pipeline.validation.scores import read_jsonl
+
+    shots = tmp_path / "shots"
+    monkeypatch.setenv("LIQ_SCREENSHOT_DIR", str(shots))
+    assert all(r.success for r in run_graph(tmp_path, ["ETHUSDT"]))
+    lake = Lake.at(tmp_path)
+    write_sample_screenshot(lake, shots, "ETHUSDT", datetime(2024, 12, 28, 12, tzinfo=UTC))
+    resources = {"lake_io_manager": LakeIOManager(data_dir=str(tmp_path)), "lake": LakeResource(data_dir=str(tmp_path)),
+                 "archive": ArchiveSource(source="local")}
+    for _ in range(2):  # a re-run replaces, never duplicates
+        result = materialize(
+            [*RAW_ASSETS, *MODEL_ASSETS, *VALIDATION_ASSETS], selection=VALIDATION_ASSETS,
+            partition_key=partition_key("ETHUSDT", DAY), resources=resources,
+        )
+        assert result.success
+    levels = lake.read("coinglass_levels", "ETHUSDT", [DAY]).to_pandas()
+    assert len(levels) >= 3 and list(levels["rank"][:3]) == [1, 2, 3]
+    assert levels["price"].between(2500, 4500).all()
+    scores = lake.read("validation_scores", "ETHUSDT", [DAY]).to_pandas()
+    shot = scores[scores["kind"] == "coinglass"]
+    assert len(shot) == 1 and shot["n_coinglass_levels"].iloc[0] > 0
+    assert 0.0 <= shot["hit_rate"].iloc[0] <= 1.0
+    records = read_jsonl(comparison_jsonl(lake))
+    assert [(r["symbol"], r["captured_at"][:16]) for r in records] == [("ETHUSDT", "2024-12-28T12:00")]
+    assert records[0]["hit_rate"] == pytest.approx(shot["hit_rate"].iloc[0])
+    # No screenshot that day and no forced liquidations: said, not scored as 0 or 1.
+    other = materialize(
+        [*RAW_ASSETS, *MODEL_ASSETS, *VALIDATION_ASSETS], selection=VALIDATION_ASSETS,
+        partition_key=partition_key("ETHUSDT", FIXTURE_DAYS[0]), resources=resources,
+    )
+    meta = other.asset_materializations_for_node("validation_scores")[0].metadata
+    assert "no Coinglass screenshot for this day: no hit rate" in meta["nothing to score"].value

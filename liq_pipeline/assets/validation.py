@@ -1,0 +1,118 @@
+"""Validation assets (group `validation`): Coinglass screenshots of a day read into levels, and the day's scores
+against them and against real forced liquidations. The logic is in `liq_pipeline.validation`."""
+
+from datetime import timedelta
+
+import pyarrow as pa
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    DimensionPartitionMapping,
+    IdentityPartitionMapping,
+    MetadataValue,
+    MultiPartitionMapping,
+    Output,
+    TimeWindowPartitionMapping,
+    asset,
+)
+
+from liq_pipeline.lake import LakeSlice
+from liq_pipeline.partitions import SYMBOL_DATE, split_key
+from liq_pipeline.resources import LakeResource
+from liq_pipeline.sensors import screenshot_dir
+from liq_pipeline.symbols import load_registry
+from liq_pipeline.validation import daily
+from liq_pipeline.validation.report import comparison_jsonl, validation_report
+from liq_pipeline.validation.scores import comparison_record, upsert_jsonl
+
+# The day and the next one: a zone at 23:00 is judged on the liquidations of the following 24 hours.
+_DAY_AND_NEXT = MultiPartitionMapping(
+    {
+        "date": DimensionPartitionMapping(
+            "date", TimeWindowPartitionMapping(start_offset=0, end_offset=1, allow_nonexistent_upstream_partitions=True)
+        ),
+        "symbol": DimensionPartitionMapping("symbol", IdentityPartitionMapping()),
+    }
+)
+
+
+@asset(
+    group_name="validation",
+    partitions_def=SYMBOL_DATE,
+    io_manager_key="lake_io_manager",
+    kinds={"parquet", "ocr"},
+    description="Levels read off every Coinglass screenshot of the day and symbol in LIQ_SCREENSHOT_DIR.",
+)
+def coinglass_levels(context: AssetExecutionContext):
+    symbol, day = split_key(context.partition_key)
+    shots, skipped = daily.read_day(screenshot_dir(), symbol, day)
+    for reason in skipped:
+        context.log.warning(f"skipped {reason}")
+    df = daily.levels_frame(shots)
+    return Output(
+        pa.Table.from_pandas(df, preserve_index=False),
+        metadata={
+            "dagster/row_count": len(df),
+            "screenshots": MetadataValue.json([s.path.name for s in shots]),
+            "skipped": MetadataValue.json(skipped),
+            "folder": MetadataValue.path(str(screenshot_dir())),
+        },
+    )
+
+
+@asset(
+    group_name="validation",
+    partitions_def=SYMBOL_DATE,
+    io_manager_key="lake_io_manager",
+    ins={
+        "coinglass_levels": AssetIn(),
+        "liquidation_heatmap": AssetIn(),
+        "liquidation_levels": AssetIn(),
+        "klines": AssetIn(partition_mapping=_DAY_AND_NEXT),
+        "forced_liquidations": AssetIn(partition_mapping=_DAY_AND_NEXT),
+    },
+    description="Hit rate, precision and rank correlation against each Coinglass screenshot; precision@k and "
+    "recall of the hourly zones against real forced liquidations of the next 24 h, beside a naive baseline.",
+)
+def validation_scores(
+    context: AssetExecutionContext,
+    lake: LakeResource,
+    coinglass_levels: LakeSlice,
+    liquidation_heatmap: LakeSlice,
+    liquidation_levels: LakeSlice,
+    klines: LakeSlice,
+    forced_liquidations: LakeSlice,
+):
+    symbol, day = split_key(context.partition_key)
+    spec = load_registry().get(symbol)
+    heat = liquidation_heatmap.read().to_pandas()
+    bars = klines.read().to_pandas()
+    files = set(coinglass_levels.read(["file"]).column("file").to_pylist()) if coinglass_levels.present else set()
+    shots = [s for s in daily.read_day(screenshot_dir(), symbol, day)[0] if s.path.name in files]
+    rows = daily.screenshot_scores(shots, heat, bars, spec.price_bin, timedelta(minutes=5))
+    liqs = forced_liquidations.read().to_pandas() if forced_liquidations.present else None
+    if liqs is not None and len(liqs):
+        rows += daily.backtest(liquidation_levels.read().to_pandas(), bars, liqs, spec.price_bin)
+    df = daily.scores_frame(rows, symbol, day)
+    upsert_jsonl(
+        comparison_jsonl(lake.get()),
+        [comparison_record(symbol, r["ts"], r["file"], r) for r in rows if r["kind"] == "coinglass"],
+    )
+    notes = []
+    if not shots:
+        notes.append("no Coinglass screenshot for this day: no hit rate")
+    if liqs is None or not len(liqs):
+        notes.append("no forced liquidations for this day (the archive ends 2024-03-31): no backtest")
+    return Output(
+        pa.Table.from_pandas(df, preserve_index=False),
+        metadata={
+            "dagster/row_count": len(df),
+            "screenshots scored": len(shots),
+            "backtest snapshots": int((df["kind"] == "backtest").sum()) if len(df) else 0,
+            "nothing to score": MetadataValue.json(notes),
+            "report (all days, BTC vs ETH)": MetadataValue.md(validation_report(lake.get(), extra=df)),
+        },
+    )
+
+
+VALIDATION_ASSETS = [coinglass_levels, validation_scores]

@@ -1,0 +1,142 @@
+"""A sensor that starts `validation_job` for each new Coinglass screenshot dropped into a folder (e.g. by N8N).
+
+The folder is `screenshot_dir()`. Each `*.png` named `coinglass_{sym}_{model}_{timeframe}_{YYYYMMDD}_{HHMMSS}.png`
+requests one run of the (symbol, capture day) partition. The cursor maps file name -> mtime_ns, so a file is handled
+once, and again only when it is rewritten. Bad files are logged once and recorded in the cursor too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SkipReason, sensor
+from PIL import Image
+
+from liq_pipeline.lake import data_dir
+from liq_pipeline.partitions import DAILY, partition_key
+from liq_pipeline.symbols import load_registry
+from liq_pipeline.validation.screenshot import parse_screenshot_name, symbol_for
+
+if TYPE_CHECKING:
+    from liq_pipeline.symbols import Registry
+
+
+def screenshot_dir() -> Path:
+    """`$LIQ_SCREENSHOT_DIR`, default `<LIQ_DATA_DIR or ./data>/screenshots`."""
+    env = os.environ.get("LIQ_SCREENSHOT_DIR")
+    return Path(env).resolve() if env else data_dir() / "screenshots"
+
+
+@dataclass(frozen=True)
+class Request:
+    name: str  # file name
+    symbol: str  # BTCUSDT
+    day: date  # capture day, UTC
+    run_key: str  # name@mtime_ns
+    mtime_ns: int
+
+
+def _check_image(path: Path) -> str | None:
+    """None if PIL can read the file as an image, else a short reason. Cheap: no decoding of the pixels."""
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except Exception as exc:  # PIL raises many types for a bad file
+        return f"not a readable image ({type(exc).__name__}: {exc})"
+    return None
+
+
+def scan(
+    folder: Path, cursor: dict[str, int], registry: Registry, latest_day: date | None = None
+) -> tuple[list[Request], list[str], dict[str, int]]:
+    """New or rewritten screenshots in `folder`: (requests, skip reasons "file: reason", new cursor).
+
+    Files are taken in (mtime, name) order. Only `*.png` (any case), not hidden ones. A file whose (name, mtime_ns)
+    is in the cursor is not looked at again, whether it was requested or skipped. A screenshot of a day after
+    `latest_day` (the day's partition does not exist yet) is left out of the cursor and is taken on a later tick.
+    """
+    new_cursor = dict(cursor)
+    requests: list[Request] = []
+    reasons: list[str] = []
+    files = []
+    for path in folder.iterdir():
+        if path.name.startswith(".") or path.suffix.lower() != ".png":
+            continue
+        try:
+            if not path.is_file():
+                continue
+            files.append((path.stat().st_mtime_ns, path.name, path))
+        except OSError:  # removed between listing and stat
+            continue
+    for mtime_ns, name, path in sorted(files):
+        if cursor.get(name) == mtime_ns:
+            continue
+        try:
+            symbol = symbol_for(name, registry)
+            day = parse_screenshot_name(name).captured_at.date()
+        except ValueError as exc:
+            reasons.append(f"{name}: {exc}")
+            new_cursor[name] = mtime_ns
+            continue
+        if latest_day is not None and day > latest_day:
+            continue  # retried each tick until the day's partition exists; nothing logged, nothing recorded
+        bad = _check_image(path)
+        if bad:
+            reasons.append(f"{name}: {bad}")
+            new_cursor[name] = mtime_ns
+            continue
+        requests.append(Request(name, symbol, day, f"{name}@{mtime_ns}", mtime_ns))
+        new_cursor[name] = mtime_ns
+    return requests, reasons, new_cursor
+
+
+def _load_cursor(raw: str | None) -> dict[str, int]:
+    try:
+        data = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def _latest_day() -> date | None:
+    """The last day that has a partition now (yesterday, UTC: a day's partition exists once the day is over)."""
+    window = DAILY.get_last_partition_window()
+    return window.start.date() if window else None
+
+
+@sensor(
+    name="coinglass_screenshot_sensor",
+    job_name="validation_job",
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.STOPPED,
+    description=(
+        "Watches LIQ_SCREENSHOT_DIR (default <LIQ_DATA_DIR>/screenshots) for Coinglass heatmap screenshots named "
+        "coinglass_{sym}_{model}_{timeframe}_{YYYYMMDD}_{HHMMSS}.png and runs validation_job for the (capture day, "
+        "symbol) partition of each new or rewritten file. Bad files are logged once and skipped."
+    ),
+)
+def coinglass_screenshot_sensor(context: SensorEvaluationContext):
+    folder = screenshot_dir()
+    if not folder.is_dir():
+        return SkipReason(
+            f"Screenshot folder {folder} does not exist; create it or set LIQ_SCREENSHOT_DIR to the folder "
+            "the screenshots are saved in."
+        )
+    requests, reasons, new_cursor = scan(folder, _load_cursor(context.cursor), load_registry(), _latest_day())
+    for reason in reasons:
+        context.log.warning(f"coinglass_screenshot_sensor: skipping {reason}")
+    run_requests = [
+        RunRequest(
+            run_key=req.run_key,
+            partition_key=partition_key(req.symbol, req.day),
+            tags={"liq/screenshot": req.name},
+        )
+        for req in requests
+    ]
+    context.update_cursor(json.dumps(new_cursor, sort_keys=True))
+    return run_requests
