@@ -42,19 +42,17 @@ def split_key(key: str | MultiPartitionKey) -> tuple[str, date]:
     return dims["symbol"], date.fromisoformat(dims["date"])
 
 
-def lookback_mapping(days: int) -> MultiPartitionMapping:
-    """The last `days` days of the same symbol. Both dimensions are named: one left out would map to all."""
-    with warnings.catch_warnings():  # both are marked beta; they are the documented way to do this
+def lookback_mapping(days: int, ahead: int = 0) -> MultiPartitionMapping:
+    """The last `days` days of the same symbol (and `ahead` days after). Both dimensions are named: one left out
+    would map to every symbol. Days outside the partitions (before the start, not yet ended) are allowed."""
+    with warnings.catch_warnings():  # both classes are marked beta; they are the documented way to do this
         warnings.simplefilter("ignore", BetaWarning)
-        return _lookback_mapping(days)
-
-
-def _lookback_mapping(days: int) -> MultiPartitionMapping:
-    return MultiPartitionMapping(
-        {
-            "date": DimensionPartitionMapping("date", TimeWindowPartitionMapping(
-                    start_offset=-(days - 1), allow_nonexistent_upstream_partitions=True  # days before the start
-                )),
-            "symbol": DimensionPartitionMapping("symbol", IdentityPartitionMapping()),
-        }
-    )
+        dates = TimeWindowPartitionMapping(
+            start_offset=-(days - 1), end_offset=ahead, allow_nonexistent_upstream_partitions=True
+        )
+        return MultiPartitionMapping(
+            {
+                "date": DimensionPartitionMapping("date", dates),
+                "symbol": DimensionPartitionMapping("symbol", IdentityPartitionMapping()),
+            }
+        )

@@ -7,17 +7,13 @@ import pyarrow as pa
 from dagster import (
     AssetExecutionContext,
     AssetIn,
-    DimensionPartitionMapping,
-    IdentityPartitionMapping,
     MetadataValue,
-    MultiPartitionMapping,
     Output,
-    TimeWindowPartitionMapping,
     asset,
 )
 
 from liq_pipeline.lake import LakeSlice
-from liq_pipeline.partitions import SYMBOL_DATE, split_key
+from liq_pipeline.partitions import SYMBOL_DATE, lookback_mapping, split_key
 from liq_pipeline.resources import LakeResource
 from liq_pipeline.sensors import screenshot_dir
 from liq_pipeline.symbols import load_registry
@@ -26,14 +22,7 @@ from liq_pipeline.validation.report import comparison_jsonl, validation_report
 from liq_pipeline.validation.scores import comparison_record, upsert_jsonl
 
 # The day and the next one: a zone at 23:00 is judged on the liquidations of the following 24 hours.
-_DAY_AND_NEXT = MultiPartitionMapping(
-    {
-        "date": DimensionPartitionMapping(
-            "date", TimeWindowPartitionMapping(start_offset=0, end_offset=1, allow_nonexistent_upstream_partitions=True)
-        ),
-        "symbol": DimensionPartitionMapping("symbol", IdentityPartitionMapping()),
-    }
-)
+_DAY_AND_NEXT = lookback_mapping(1, ahead=1)
 
 
 @asset(
