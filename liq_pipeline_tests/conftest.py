@@ -14,7 +14,7 @@ import pytest
 
 from liq_pipeline.lake import Lake
 from liq_pipeline.sources import sample
-from liq_pipeline.symbols import load_registry
+from liq_pipeline.symbols import PACKAGED_FILE, load_registry
 
 FIXTURE_DAYS = (date(2024, 12, 27), date(2024, 12, 28))
 FIXTURE_SYMBOLS = ("BTCUSDT", "ETHUSDT")
@@ -87,3 +87,22 @@ def archive_server(mirror):
     server = ArchiveServer(mirror)
     yield server
     server.close()
+
+
+@pytest.fixture
+def avax_registry(tmp_path) -> Path:
+    """The shipped registry plus AVAXUSDT, a symbol it lacks: the seed's litmus test for "no code per symbol"."""
+    path = tmp_path / "symbols.toml"
+    path.write_text(
+        PACKAGED_FILE.read_text()
+        + """
+[symbols.AVAXUSDT]
+price_bin = 0.05
+first_date = 2021-12-01
+sample_price = 38.0
+leverage = [5, 10, 20, 25, 50]
+leverage_weights = [0.15, 0.30, 0.25, 0.20, 0.10]
+tiers = "alt"
+"""
+    )
+    return path

@@ -13,7 +13,6 @@ from dagster._core.instance.ref import InstanceRef
 
 from liq_pipeline.lake import Lake
 from liq_pipeline.sources.sample import SAMPLE_DAYS
-from liq_pipeline.symbols import PACKAGED_FILE
 
 from .conftest import FIXTURE_DAYS
 
@@ -45,20 +44,8 @@ def test_two_symbols_backfilled_by_parallel_processes_both_land(mirror, tmp_path
     assert partitions == {f"{day}|BTCUSDT", f"{day}|ETHUSDT"}
 
 
-def test_a_symbol_added_only_to_the_registry_runs_through_the_pipeline(tmp_path, monkeypatch):
-    registry = tmp_path / "symbols.toml"
-    registry.write_text(
-        PACKAGED_FILE.read_text()
-        + """
-[symbols.AVAXUSDT]
-price_bin = 0.05
-first_date = 2021-12-01
-sample_price = 38.0
-leverage = [5, 10, 20, 25, 50]
-leverage_weights = [0.15, 0.30, 0.25, 0.20, 0.10]
-tiers = "alt"
-"""
-    )
+def test_a_symbol_added_only_to_the_registry_runs_through_the_pipeline(tmp_path, monkeypatch, avax_registry):
+    registry = avax_registry
     shutil.copy(REPO / "dagster.yaml", tmp_path)  # the shipped instance settings, as `dagster dev` reads them
     env = {**os.environ, "LIQ_SYMBOLS_FILE": str(registry), "LIQ_DATA_DIR": str(tmp_path / "data"),
            "LIQ_SOURCE": "sample"}

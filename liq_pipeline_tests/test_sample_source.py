@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from liq_pipeline.sources import sample
-from liq_pipeline.symbols import PACKAGED_FILE, load_registry
+from liq_pipeline.symbols import load_registry
 
 DAY = date(2024, 12, 27)
 N = 4_000  # trades per day: small, to keep the tests fast
@@ -383,21 +383,8 @@ def test_the_files_parse_with_the_project_formats(written):
         assert table.num_rows == expected if expected else table.num_rows > 0, kind
 
 
-def test_a_symbol_only_in_a_custom_registry_works(tmp_path):
-    toml = tmp_path / "symbols.toml"
-    toml.write_text(
-        PACKAGED_FILE.read_text()
-        + """
-[symbols.AVAXUSDT]
-price_bin = 0.05
-first_date = 2021-12-01
-sample_price = 38.0
-leverage = [5, 10, 20, 25, 50]
-leverage_weights = [0.15, 0.30, 0.25, 0.20, 0.10]
-tiers = "alt"
-"""
-    )
-    spec = load_registry(toml).get("AVAXUSDT")
+def test_a_symbol_only_in_a_custom_registry_works(tmp_path, avax_registry):
+    spec = load_registry(avax_registry).get("AVAXUSDT")
     paths = sample.write_day(tmp_path / "m", spec, sample.SAMPLE_DAYS[0], trades_per_day=1_000)
     assert [p.name for p in paths] == [
         "AVAXUSDT-aggTrades-2024-12-25.zip",

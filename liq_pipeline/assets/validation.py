@@ -1,8 +1,6 @@
 """Validation assets (group `validation`): Coinglass screenshots of a day read into levels, and the day's scores
 against them and against real forced liquidations. The logic is in `liq_pipeline.validation`."""
 
-from datetime import timedelta
-
 import pyarrow as pa
 from dagster import (
     AssetExecutionContext,
@@ -73,30 +71,21 @@ def validation_scores(
     forced_liquidations: LakeSlice,
 ):
     symbol, day = split_key(context.partition_key)
-    spec = load_registry().get(symbol)
-    heat = liquidation_heatmap.read().to_pandas()
-    bars = klines.read().to_pandas()
     files = set(coinglass_levels.read(["file"]).column("file").to_pylist()) if coinglass_levels.present else set()
-    shots = [s for s in daily.read_day(screenshot_dir(), symbol, day)[0] if s.path.name in files]
-    rows = daily.screenshot_scores(shots, heat, bars, spec.price_bin, timedelta(minutes=5))
-    liqs = forced_liquidations.read().to_pandas() if forced_liquidations.present else None
-    if liqs is not None and len(liqs):
-        rows += daily.backtest(liquidation_levels.read().to_pandas(), bars, liqs, spec.price_bin)
-    df = daily.scores_frame(rows, symbol, day)
-    upsert_jsonl(
-        comparison_jsonl(lake.get()),
-        [comparison_record(symbol, r["ts"], r["file"], r) for r in rows if r["kind"] == "coinglass"],
+    df, shot_rows, notes = daily.score_day(
+        screenshot_dir(), symbol, day, files,
+        heat=liquidation_heatmap.read().to_pandas(),
+        klines=klines.read().to_pandas(),
+        levels=liquidation_levels.read().to_pandas(),
+        liquidations=forced_liquidations.read().to_pandas() if forced_liquidations.present else None,
+        price_bin=load_registry().get(symbol).price_bin,
     )
-    notes = []
-    if not shots:
-        notes.append("no Coinglass screenshot for this day: no hit rate")
-    if liqs is None or not len(liqs):
-        notes.append("no forced liquidations for this day (the archive ends 2024-03-31): no backtest")
+    upsert_jsonl(comparison_jsonl(lake.get()), [comparison_record(symbol, r["ts"], r["file"], r) for r in shot_rows])
     return Output(
         pa.Table.from_pandas(df, preserve_index=False),
         metadata={
             "dagster/row_count": len(df),
-            "screenshots scored": len(shots),
+            "screenshots scored": len(shot_rows),
             "backtest snapshots": int((df["kind"] == "backtest").sum()) if len(df) else 0,
             "nothing to score": MetadataValue.json(notes),
             "report (all days, BTC vs ETH)": MetadataValue.md(validation_report(lake.get(), extra=df)),

@@ -110,6 +110,35 @@ def backtest(levels: pd.DataFrame, klines: pd.DataFrame, liquidations: pd.DataFr
     return out
 
 
+def score_day(
+    folder: Path,
+    symbol: str,
+    day: date,
+    files: set[str],
+    heat: pd.DataFrame,
+    klines: pd.DataFrame,
+    levels: pd.DataFrame,
+    liquidations: pd.DataFrame | None,
+    price_bin: float,
+    step: timedelta = timedelta(minutes=5),
+) -> tuple[pd.DataFrame, list[dict], list[str]]:
+    """The day's scores table, the per-screenshot rows (for the JSONL), and what could not be scored and why.
+
+    `files` are the screenshots `coinglass_levels` read for this partition; they are read again here for their
+    full intensity profiles, which that table does not keep.
+    """
+    shots = [s for s in read_day(folder, symbol, day)[0] if s.path.name in files]
+    rows = screenshot_scores(shots, heat, klines, price_bin, step)
+    notes = []
+    if not shots:
+        notes.append("no Coinglass screenshot for this day: no hit rate")
+    if liquidations is None or not len(liquidations):
+        notes.append("no forced liquidations for this day (the archive ends 2024-03-31): no backtest")
+    else:
+        rows += backtest(levels, klines, liquidations, price_bin)
+    return scores_frame(rows, symbol, day), [r for r in rows if r["kind"] == "coinglass"], notes
+
+
 def scores_frame(rows: list[dict], symbol: str, day: date) -> pd.DataFrame:
     """The partition's scores as a table: one row per screenshot (`kind` coinglass) and per hourly backtest
     (`kind` backtest). Nested values (per-score reasons) are dropped; a score with no observations is null."""
