@@ -67,7 +67,8 @@ def synthetic_inputs(
 
 
 def assert_invariants(result, inputs: ModelInputs) -> None:
-    """The four model invariants of DESIGN.md section 4 (heatmap kept from step 0)."""
+    """The model's four invariants: conservation, right side of price, cap at open interest, determinism
+    (heatmap kept from step 0)."""
     assert result.step_index[0] == 0
     for side, led in result.ledger.items():
         total = led["open"] + led["closed"] + led["liquidated"]
@@ -419,7 +420,7 @@ def test_hourly_levels_from_a_replay():
     inputs = synthetic_inputs(2 * 288, seed=8)
     result = run_model(BTC, ModelConfig.for_symbol(BTC), inputs, keep_from=288)
     rows = hourly_levels(result, top=5)
-    stamps = sorted({r["ts"] for r in rows})
+    stamps = sorted({r["as_of"] for r in rows})
     assert stamps[-1] == datetime(2024, 12, 17, tzinfo=UTC) and all(
         s.minute == 0 and s.second == 0 for s in stamps
     )
@@ -431,7 +432,7 @@ def test_hourly_levels_from_a_replay():
             assert r["price_low"] > r["current_price"]
         assert r["rank"] <= 5 and r["distance_pct"] > 0 and r["notional_usd"] > 0
     end = end_of_day_levels(result)
-    assert end and {r["ts"] for r in end} == {stamps[-1]}
+    assert end and {r["as_of"] for r in end} == {stamps[-1]}
     assert [r for r in rows if r["is_end"]] == [{**r, "is_end": True} for r in end if r["rank"] <= 5]
 
 

@@ -1,4 +1,4 @@
-"""Scores of the model against Coinglass screenshots and against real forced liquidations (DESIGN §5).
+"""Scores of the model against Coinglass screenshots and against real forced liquidations.
 
 Pure numpy/pandas; no Dagster. Every score comes with the number of observations it was computed from, and a score
 that has no observations is ``None`` (never 0 or 1) with a ``reason`` saying why.
@@ -821,7 +821,7 @@ def report_markdown(rows: pd.DataFrame, symbols: Sequence[str] = ("BTCUSDT", "ET
     lines.append("")
     lines.append(
         "delta % = |a - b| / mean(a, b) x 100, the relative difference between the two symbols. Scores are "
-        "averaged over screenshots / backtests weighted by their observation counts. Target (DESIGN §5): "
+        "averaged over screenshots / backtests weighted by their observation counts. Target: "
         "hit_rate > 0.60; a forced-liquidation score means something only next to its baseline."
     )
     return "\n".join(lines) + "\n"
