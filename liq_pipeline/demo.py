@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from datetime import UTC, date, datetime
 
-from dagster import DagsterInstance
+from dagster import DagsterEvent, DagsterInstance
+from dagster._utils.error import SerializableErrorInfo
 
 from liq_pipeline.lake import Lake
 from liq_pipeline.partitions import partition_key
@@ -49,11 +50,30 @@ def run_partitions(instance: DagsterInstance, symbols: list[str], days: list[dat
         print(f"  [{i}/{len(keys)}] {day}|{symbol}  {status}  {time.perf_counter() - started:.1f} s  run {result.run_id[:8]}")
         if not result.success:
             for event in result.get_step_failure_events() or [result.get_run_failure_event()]:
-                error = event.event_specific_data.error
-                print(f"    {event.step_key or 'run'}: {(error.message if error else event.message).strip()}")
+                print(f"    {event.step_key or 'run'}: {failure_text(event)}")
             return False
     defs.resolve_job_def("warehouse_job").execute_in_process(instance=instance, run_config=QUIET)
     return True
+
+
+def user_error(error: SerializableErrorInfo | None) -> SerializableErrorInfo | None:
+    """The error our code raised, under Dagster's wrappers: a step failure is a DagsterExecutionStepExecutionError
+    ("Error occurred while executing op ...") whose cause is the exception that says what went wrong."""
+    while error is not None and (error.cls_name or "").startswith("Dagster") and (error.cause or error.context):
+        error = error.cause or error.context
+    return error
+
+
+def failure_text(event: DagsterEvent) -> str:
+    """One line for a failed step or run: the user error as `ArchiveError: <its message>`."""
+    error = user_error(getattr(event.event_specific_data, "error", None))
+    if error is None:
+        return (event.message or "failed").strip()
+    text = error.message.strip()
+    qualified, sep, rest = text.partition(": ")
+    if sep and error.cls_name and qualified.endswith(error.cls_name):
+        text = f"{error.cls_name}: {rest}"  # drop the module path of the class
+    return text
 
 
 def print_summary(lake: Lake, symbols: list[str]) -> None:
@@ -77,7 +97,7 @@ def print_levels(lake: Lake, symbols: list[str], top: int = 5) -> None:
             print(f"\n{symbol}: no zones at the end of {days[-1]}")
             continue
         price = end["current_price"].iloc[0]
-        print(f"\n{symbol} liquidation zones at {end['ts'].iloc[0]:%Y-%m-%d %H:%M} UTC (price {price:,.2f}), model estimate:")
+        print(f"\n{symbol} liquidation zones at {end['as_of'].iloc[0]:%Y-%m-%d %H:%M} UTC (price {price:,.2f}), model estimate:")
         for side in ("long", "short"):
             rows = end[end["side"] == side].sort_values("rank").head(top)
             for r in rows.itertuples():

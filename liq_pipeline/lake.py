@@ -4,15 +4,19 @@ Layout: `$LIQ_DATA_DIR/lake/<table>/symbol=<S>/date=<YYYY-MM-DD>/part-0.parquet`
 
 A partition is one file replaced with `os.replace`, which is atomic on POSIX: a reader or a crash sees the old file
 or the new one, never half of either; re-materializing replaces instead of appending, so there are no duplicates;
-and different partitions never touch the same path, so processes can write in parallel.
+and different partitions never touch the same path, so processes can write in parallel. A write killed before
+its `os.replace` (kill -9, power loss) leaves only a hidden temporary file, removed by the next write of that
+partition (`exclusive_folder`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -22,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 PART_FILE = "part-0.parquet"
+TMP_GLOB = f".{PART_FILE}.*.tmp"  # what `Lake.write` writes before renaming it over the partition
 
 # Warehouse view name -> SQL over the lake. `{lake}` is replaced by the lake root. The seed's queries run verbatim.
 _VIEWS = {
@@ -59,6 +64,25 @@ def data_dir() -> Path:
     return Path(os.environ.get("LIQ_DATA_DIR") or "data").resolve()
 
 
+@contextmanager
+def exclusive_folder(folder: Path, orphans: str) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` while writing into it, after deleting the files matching `orphans`.
+
+    Every writer of the folder takes this lock (flock on the directory; the kernel drops it when a process dies,
+    even by kill -9), so a temporary file found while holding it belongs to a writer that is gone: delete it.
+    A second writer of the same folder waits for the first instead of racing it.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        for orphan in folder.glob(orphans):
+            orphan.unlink(missing_ok=True)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 @dataclass(frozen=True)
 class Lake:
     root: Path = field(default_factory=lambda: data_dir() / "lake")
@@ -79,15 +103,16 @@ class Lake:
         return self.partition_file(table, symbol, day).exists()
 
     def write(self, table: str, symbol: str, day: date, data: pa.Table) -> Path:
-        """Write one partition atomically: a temporary file beside the target, then `os.replace` over it."""
+        """Write one partition atomically: a temporary file beside the target, then `os.replace` over it.
+        Temporary files left by a killed write of this partition are deleted first."""
         target = self.partition_file(table, symbol, day)
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{PART_FILE}.{uuid.uuid4().hex}.tmp")
-        try:
-            pq.write_table(data, tmp, compression="zstd", row_group_size=1_000_000)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with exclusive_folder(target.parent, TMP_GLOB):
+            try:
+                pq.write_table(data, tmp, compression="zstd", row_group_size=1_000_000)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
         return target
 
     def files(self, table: str, symbol: str, days: Iterable[date]) -> tuple[list[Path], list[date]]:
@@ -121,6 +146,11 @@ class Lake:
         days = sorted(days)
         files, missing = self.files(table, symbol, days)
         return LakeSlice(self, table, symbol, tuple(days), tuple(d for d in days if d not in missing), tuple(missing))
+
+    def partition_rows(self, table: str, symbol: str, day: date) -> int | None:
+        """Rows of one partition from its Parquet footer (no data read); None when it does not exist."""
+        path = self.partition_file(table, symbol, day)
+        return pq.ParquetFile(path).metadata.num_rows if path.exists() else None
 
     def row_count(self, table: str, symbol: str) -> int:
         """Rows of one symbol's table, from the Parquet footers (no data read)."""
@@ -199,3 +229,7 @@ class LakeSlice:
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
         return self.lake.read(self.table, self.symbol, self.present, columns)
+
+    def rows_by_day(self) -> dict[date, int]:
+        """Rows of each present day, from the Parquet footers."""
+        return {d: self.lake.partition_rows(self.table, self.symbol, d) or 0 for d in self.present}

@@ -47,11 +47,13 @@ def lake(tmp_path, monkeypatch) -> Lake:
 
 class ArchiveServer:
     """A static file server over a folder, like data.binance.vision over a mirror. It can answer chosen paths
-    with an error status a given number of times first, to exercise retries."""
+    with an error status a given number of times first, to exercise retries, or cut their body off: `truncated[path]
+    = n` sends the full Content-Length but only half of the bytes, then closes the connection, n times."""
 
     def __init__(self, root: Path):
         self.root = root
         self.failures: dict[str, list[tuple[int, dict]]] = {}
+        self.truncated: dict[str, int] = {}
         self.requests: list[str] = []
         server = self
 
@@ -66,6 +68,16 @@ class ArchiveServer:
                         self.send_header(k, v)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
+                    return
+                if server.truncated.get(self.path, 0) > 0:
+                    server.truncated[self.path] -= 1
+                    data = (Path(self.directory) / self.path.lstrip("/")).read_bytes()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
                     return
                 super().do_GET()
 

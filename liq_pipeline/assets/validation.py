@@ -21,6 +21,8 @@ from liq_pipeline.validation.scores import comparison_record, upsert_jsonl
 
 # The day and the next one: a zone at 23:00 is judged on the liquidations of the following 24 hours.
 _DAY_AND_NEXT = lookback_mapping(1, ahead=1)
+# The day and the one before: the baseline of a zone at 01:00 spans the range price travelled in the 24 h before.
+_DAY_AND_PREVIOUS = lookback_mapping(2)
 
 
 @asset(
@@ -55,11 +57,13 @@ def coinglass_levels(context: AssetExecutionContext):
         "coinglass_levels": AssetIn(),
         "liquidation_heatmap": AssetIn(),
         "liquidation_levels": AssetIn(),
-        "klines": AssetIn(partition_mapping=_DAY_AND_NEXT),
+        "klines": AssetIn(partition_mapping=_DAY_AND_PREVIOUS),
         "forced_liquidations": AssetIn(partition_mapping=_DAY_AND_NEXT),
     },
     description="Hit rate, precision and rank correlation against each Coinglass screenshot; precision@k and "
-    "recall of the hourly zones against real forced liquidations of the next 24 h, beside a naive baseline.",
+    "recall of the hourly zones against real forced liquidations of the next 24 h, beside a naive baseline. A "
+    "backtest scores the liquidations in the lake: before the next day is ingested it is partial (complete=False, "
+    "horizon_end says how far it reaches); re-materialize it after the next day's forced_liquidations arrive.",
 )
 def validation_scores(
     context: AssetExecutionContext,
@@ -72,6 +76,7 @@ def validation_scores(
 ):
     symbol, day = split_key(context.partition_key)
     files = set(coinglass_levels.read(["file"]).column("file").to_pylist()) if coinglass_levels.present else set()
+    truth = forced_liquidations.rows_by_day()
     df, shot_rows, notes = daily.score_day(
         screenshot_dir(), symbol, day, files,
         heat=liquidation_heatmap.read().to_pandas(),
@@ -79,7 +84,11 @@ def validation_scores(
         levels=liquidation_levels.read().to_pandas(),
         liquidations=forced_liquidations.read().to_pandas() if forced_liquidations.present else None,
         price_bin=load_registry().get(symbol).price_bin,
+        liquidation_rows=truth,
     )
+    horizon = daily.horizon_status(df, day, truth)
+    if horizon.startswith("partial"):
+        context.log.warning(f"{context.partition_key}: {horizon}")
     upsert_jsonl(comparison_jsonl(lake.get()), [comparison_record(symbol, r["ts"], r["file"], r) for r in shot_rows])
     return Output(
         pa.Table.from_pandas(df, preserve_index=False),
@@ -87,6 +96,7 @@ def validation_scores(
             "dagster/row_count": len(df),
             "screenshots scored": len(shot_rows),
             "backtest snapshots": int((df["kind"] == "backtest").sum()) if len(df) else 0,
+            "backtest horizon": horizon,
             "nothing to score": MetadataValue.json(notes),
             "report (all days, BTC vs ETH)": MetadataValue.md(validation_report(lake.get(), extra=df)),
         },

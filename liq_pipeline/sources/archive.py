@@ -14,15 +14,18 @@ import time
 import zipfile
 import zlib
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
 import requests
+from requests.adapters import HTTPAdapter
 from tqdm import tqdm
+from urllib3.exceptions import InvalidHeader
+from urllib3.util import Retry
 
-from liq_pipeline.formats import ArchiveFormat, FormatError, parse_csv
-from liq_pipeline.lake import data_dir
+from liq_pipeline.formats import ArchiveFormat, FormatError, parse_csv, parse_file
+from liq_pipeline.lake import data_dir, exclusive_folder
 from liq_pipeline.symbols import load_registry
 
 DEFAULT_ARCHIVE_URL = "https://data.binance.vision"
@@ -99,79 +102,179 @@ class LocalMirror:
         )
 
 
+class _WaitTooLong(Exception):
+    """Raised inside urllib3 when the server asks for a wait beyond the cap; turned into an ArchiveError."""
+
+    def __init__(self, status: int, header: str, asked: float):
+        super().__init__(f"HTTP {status}, Retry-After: {header}")
+        self.status, self.header, self.asked = status, header, asked
+
+
+class _CappedRetry(Retry):
+    """urllib3's Retry, except that a Retry-After longer than `max_wait` seconds fails at once instead of sleeping:
+    a run asleep for a day holds its symbol's slot and tells nobody why."""
+
+    max_wait: float = 300.0
+
+    def new(self, **kw) -> _CappedRetry:
+        retry = super().new(**kw)
+        retry.max_wait = self.max_wait
+        return retry
+
+    def sleep_for_retry(self, response) -> bool:
+        try:
+            asked = self.get_retry_after(response)
+        except InvalidHeader:
+            return False  # an unreadable Retry-After: back off as if there were none
+        if not asked:
+            return False
+        if asked > self.max_wait:
+            raise _WaitTooLong(response.status, response.headers.get("Retry-After", ""), asked)
+        time.sleep(asked)
+        return True
+
+
+class _BodyBroke(Exception):
+    """The response body broke off mid-download (truncated, reset, stalled): the whole GET is worth another try."""
+
+
+# 418 is Binance's "IP banned for a while" (after ignored 429s); both come with Retry-After.
+RETRY_STATUSES = frozenset({418, 429, *range(500, 600)})
+
+
 class BinanceArchive:
     """The public archive over HTTP (`LIQ_BINANCE_ARCHIVE_URL`), cached into a local mirror folder.
 
-    Every zip is checked against its `.CHECKSUM`. 429/418/5xx and connection errors are retried with exponential
-    backoff, honouring `Retry-After`. A 404 means the day is not published (yet).
+    Every zip is checked against its `.CHECKSUM`. 418/429/5xx and connection errors are retried by urllib3's
+    `Retry` with exponential backoff, honouring `Retry-After` up to `max_wait` seconds (a longer wait fails at once,
+    saying when to come back). A body that breaks off mid-download is fetched again, `retries` times. A 404 means
+    the file is not in the archive.
     """
 
     name = "binance"
 
-    def __init__(self, base_url: str, cache_root: Path, *, retries: int = 5, backoff: float = 1.0, timeout=60):
+    def __init__(
+        self,
+        base_url: str,
+        cache_root: Path,
+        *,
+        retries: int = 5,
+        backoff: float = 1.0,
+        max_wait: float = 300.0,
+        timeout: float = 60.0,
+    ):
         self.base_url = base_url.rstrip("/")
         self.cache = LocalMirror(cache_root)
-        self.retries, self.backoff, self.timeout = retries, backoff, timeout
+        self.retries, self.backoff, self.max_wait, self.timeout = retries, backoff, max_wait, timeout
+        retry = _CappedRetry(
+            total=retries,
+            status_forcelist=RETRY_STATUSES,
+            backoff_factor=backoff,
+            backoff_max=min(60.0, max_wait),
+            raise_on_status=False,  # the last response comes back, so the message can name its status
+            retry_after_max=2**31,  # no silent clamp: _CappedRetry decides
+        )
+        retry.max_wait = max_wait
         self.session = requests.Session()
+        adapter = HTTPAdapter(max_retries=retry)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
 
     def fetch(self, fmt: ArchiveFormat, symbol: str, day: date) -> Fetched:
         rel = fmt.relpath(symbol, day)
         target = self.cache.root / rel
         url = f"{self.base_url}/{rel}"
         checksum_path = target.with_name(target.name + ".CHECKSUM")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        self._download(url + ".CHECKSUM", checksum_path, symbol, fmt, day)
-        expected = read_checksum_file(checksum_path)
-        if not (target.exists() and sha256_of(target) == expected):
-            self._download(url, target, symbol, fmt, day)
-        try:
-            digest = verify_zip(target, expected, url)
-        except ArchiveError:
-            target.unlink(missing_ok=True)
-            raise
+        # One writer per cache folder at a time; `.part` files found under the lock are from a killed download.
+        with exclusive_folder(target.parent, "*.part"):
+            self._download(url + ".CHECKSUM", checksum_path, symbol, fmt, day)
+            expected = read_checksum_file(checksum_path)
+            if not (target.exists() and sha256_of(target) == expected):
+                self._download(url, target, symbol, fmt, day)
+            try:
+                digest = verify_zip(target, expected, url)
+            except ArchiveError:
+                target.unlink(missing_ok=True)
+                raise
         return Fetched(target, url, digest, True)
 
     def _download(self, url: str, target: Path, symbol: str, fmt: ArchiveFormat, day: date) -> None:
+        """GET url into target via a `.part` file. Status and connection retries happen inside `_get`; here only
+        a body that breaks off is tried again."""
         part = target.with_name(target.name + ".part")
         for attempt in range(self.retries + 1):
             try:
-                with self.session.get(url, stream=True, timeout=self.timeout) as resp:
-                    if resp.status_code == 404:
-                        raise NotPublished(
-                            f"{symbol} {fmt.kind} for {day} is not published at {url} (HTTP 404). The archive "
-                            "publishes a day's files the next day (monthly files after the month ends); "
-                            "try again later or pick an earlier date."
-                        )
-                    if resp.status_code in (418, 429) or resp.status_code >= 500:
-                        if attempt == self.retries:
-                            raise ArchiveError(f"{url}: HTTP {resp.status_code} after {attempt + 1} tries; try later")
-                        time.sleep(self._delay(attempt, resp.headers.get("Retry-After")))
-                        continue
-                    resp.raise_for_status()
-                    total = int(resp.headers.get("Content-Length") or 0) or None
-                    with (
-                        open(part, "wb") as out,
-                        tqdm(total=total, unit="B", unit_scale=True, desc=target.name, disable=None, leave=False) as bar,
-                    ):
-                        for chunk in resp.iter_content(1 << 20):
-                            out.write(chunk)
-                            bar.update(len(chunk))
+                with self._get(url) as resp:
+                    self._check_status(resp, url, symbol, fmt, day)
+                    self._stream(resp, part, target.name)
                 os.replace(part, target)
                 return
-            except (requests.ConnectionError, requests.Timeout) as exc:
+            except _BodyBroke as exc:
                 if attempt == self.retries:
-                    raise ArchiveError(f"{url}: {exc.__class__.__name__} after {attempt + 1} tries: {exc}") from exc
-                time.sleep(self._delay(attempt, None))
+                    raise ArchiveError(
+                        f"{url}: the download broke off {attempt + 1} times ({exc.__cause__}). The connection or the "
+                        "server is unreliable right now: run again later."
+                    ) from exc.__cause__
+                time.sleep(min(60.0, self.backoff * 2**attempt))
             finally:
                 part.unlink(missing_ok=True)
 
-    def _delay(self, attempt: int, retry_after: str | None) -> float:
-        if retry_after:
-            try:
-                return max(0.0, float(retry_after))
-            except ValueError:
-                pass
-        return min(60.0, self.backoff * 2**attempt)
+    def _get(self, url: str) -> requests.Response:
+        try:
+            return self.session.get(url, stream=True, timeout=self.timeout)
+        except _WaitTooLong as exc:
+            back = datetime.now(UTC) + timedelta(seconds=exc.asked)
+            raise ArchiveError(
+                f"{url}: the server answered {exc} and asks to wait {exc.asked:,.0f} s ({exc.asked / 3600:.1f} h), "
+                f"longer than this source waits (max_wait={self.max_wait:g} s). It is limiting requests from this IP "
+                f"address: run again after {back:%Y-%m-%d %H:%M} UTC, with fewer runs at once."
+            ) from None
+        except requests.RequestException as exc:
+            raise ArchiveError(
+                f"{url}: {exc.__class__.__name__} after {self.retries + 1} tries: {exc}. Check the network and "
+                "LIQ_BINANCE_ARCHIVE_URL, then run again."
+            ) from exc
+
+    def _check_status(self, resp: requests.Response, url: str, symbol: str, fmt: ArchiveFormat, day: date) -> None:
+        if resp.status_code == 404:
+            raise NotPublished(_not_published(symbol, fmt, day, url))
+        if resp.status_code in RETRY_STATUSES:
+            history = getattr(getattr(resp.raw, "retries", None), "history", ())
+            raise ArchiveError(
+                f"{url}: HTTP {resp.status_code} after {len(history) + 1} tries; the server is overloaded or "
+                "limiting requests: run again later."
+            )
+        if resp.status_code >= 400:
+            raise ArchiveError(
+                f"{url}: HTTP {resp.status_code} {resp.reason}. Check LIQ_BINANCE_ARCHIVE_URL (the archive's root, "
+                f"default {DEFAULT_ARCHIVE_URL}) and that {symbol} {fmt.kind} exists there."
+            )
+
+    @staticmethod
+    def _stream(resp: requests.Response, part: Path, name: str) -> None:
+        total = int(resp.headers.get("Content-Length") or 0) or None
+        try:
+            with (
+                open(part, "wb") as out,
+                tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=None, leave=False) as bar,
+            ):
+                for chunk in resp.iter_content(1 << 20):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        except (requests.exceptions.ChunkedEncodingError, requests.ConnectionError, requests.Timeout) as exc:
+            raise _BodyBroke() from exc
+
+
+def _not_published(symbol: str, fmt: ArchiveFormat, day: date, url: str) -> str:
+    if day >= datetime.now(UTC).date() - timedelta(days=1):
+        return (
+            f"{symbol} {fmt.kind} for {day} is not published at {url} (HTTP 404). The archive publishes a day's "
+            "files the next day (monthly files after the month ends); try again later or pick an earlier date."
+        )
+    return (
+        f"{symbol} {fmt.kind} for {day} is not published at {url} (HTTP 404). The archive has no such file: "
+        f"check that {symbol} was listed then (its first_date in the symbol registry) or pick another date."
+    )
 
 
 class SampleArchive:
@@ -237,6 +340,7 @@ class Ingested:
     table: pa.Table
     fetched: Fetched | None
     note: str | None = None  # why a partition is empty, when it legitimately is
+    dropped_other_day: int = 0  # rows of the daily file that belong to another day (the next day's 00:00 row)
 
 
 def ingest(source: Source, fmt: ArchiveFormat, symbol: str, day: date) -> Ingested:
@@ -251,11 +355,13 @@ def ingest(source: Source, fmt: ArchiveFormat, symbol: str, day: date) -> Ingest
         return Ingested(empty_table(fmt, symbol, day), None, f"{note} ({exc})")
     with tempfile.TemporaryDirectory(prefix="liq-ingest-") as tmp:
         csv_path = extract_csv(fetched, fmt, symbol, day, Path(tmp))
-        return Ingested(parse_csv(csv_path, fmt, symbol, day, origin=str(fetched.origin)), fetched)
+        parsed = parse_file(csv_path, fmt, symbol, day, origin=str(fetched.origin))
+        return Ingested(parsed.table, fetched, dropped_other_day=parsed.dropped_other_day)
 
 
 def _legitimately_missing(fmt: ArchiveFormat, day: date) -> str | None:
-    if fmt.kind == "liquidationSnapshot":
+    # Only days after the archive's end: a missing file of a day it covers is an error like any other 404.
+    if fmt.kind == "liquidationSnapshot" and day > LIQUIDATION_SNAPSHOT_LAST_DAY:
         return (
             f"No liquidationSnapshot file: the archive publishes USDT-M forced liquidations up to "
             f"{LIQUIDATION_SNAPSHOT_LAST_DAY} only"

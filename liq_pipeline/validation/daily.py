@@ -3,13 +3,16 @@ against our heatmap, and the backtest of our hourly zones against real forced li
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, timedelta
 from pathlib import Path
 
 import pandas as pd
 
-from liq_pipeline.validation.scores import backtest_scores, coinglass_scores
+from liq_pipeline.lake import Lake
+from liq_pipeline.sources.archive import LIQUIDATION_SNAPSHOT_LAST_DAY
+from liq_pipeline.validation.scores import DEFAULT_HORIZON_HOURS, backtest_scores, coinglass_scores
 from liq_pipeline.validation.screenshot import (
     NotAHeatmapError,
     ScreenshotName,
@@ -19,6 +22,8 @@ from liq_pipeline.validation.screenshot import (
 )
 
 LEVEL_COLUMNS = ["captured_at", "file", "model", "timeframe", "price", "intensity", "usd", "rank"]
+SCORES_TABLE = "validation_scores"
+HORIZON = pd.Timedelta(hours=DEFAULT_HORIZON_HOURS)
 
 
 @dataclass
@@ -79,12 +84,12 @@ def screenshot_scores(
     for s in shots:
         when = pd.Timestamp(s.name.captured_at.astimezone(UTC).replace(tzinfo=None))
         base = {"kind": "coinglass", "ts": when, "file": s.path.name}
-        steps = heat.loc[heat["ts"] + step <= when, "ts"]
+        steps = heat.loc[heat["as_of"] <= when, "as_of"]
         price = _close_at(klines, when)
         if steps.empty or price is None:
             out.append({**base, "reason": "no heatmap step or price at the capture time"})
             continue
-        col = heat[heat["ts"] == steps.max()]
+        col = heat[heat["as_of"] == steps.max()]
         scores = coinglass_scores(
             s.reading.levels, s.reading.profile, col["price"].to_numpy(), col["long_usd"].to_numpy(),
             col["short_usd"].to_numpy(), price, price_bin, price_range=s.reading.price_range,
@@ -93,21 +98,85 @@ def screenshot_scores(
     return out
 
 
-def backtest(levels: pd.DataFrame, klines: pd.DataFrame, liquidations: pd.DataFrame, price_bin: float) -> list[dict]:
+def backtest(
+    levels: pd.DataFrame,
+    klines: pd.DataFrame,
+    liquidations: pd.DataFrame | None,
+    price_bin: float,
+    known_until: pd.Timestamp | None,
+) -> list[dict]:
     """Our zones at each hour of the day against the real forced liquidations of the next 24 hours, beside a naive
-    baseline of equally wide zones spread over the range price travelled in the 24 hours before."""
+    baseline of equally wide zones spread over the range price travelled in the 24 hours before.
+
+    Forced liquidations are known up to `known_until` (None: not at all, see `ground_truth_end`). A snapshot whose
+    24 hours run past it is scored on the part that is known: `horizon_end` is the end of the window actually
+    scored, `complete` says whether it is the full 24 hours. So a score depends only on what is in the lake, and a
+    re-run after the next day arrives gives the complete one."""
     out = []
-    for ts, zones in levels.groupby("ts", sort=True):
+    for ts, zones in levels.groupby("as_of", sort=True):
         window = klines[(klines["open_time"] >= ts - pd.Timedelta(hours=24)) & (klines["open_time"] < ts)]
         if window.empty:
             continue
+        full = ts + HORIZON
+        end = ts if known_until is None else min(max(known_until, ts), full)
         scores = backtest_scores(
             zones.to_dict("records"), liquidations, t0=ts, price_bin=price_bin,
+            horizon_hours=(end - ts) / pd.Timedelta(hours=1),
             price_range=(float(window["low"].min()), float(window["high"].max())),
             current_price=float(zones["current_price"].iloc[0]),
         )
-        out.append({"kind": "backtest", "ts": ts, "file": None, **scores})
+        out.append({"kind": "backtest", "ts": ts, "file": None, **scores, "horizon_end": end, "complete": end >= full})
     return out
+
+
+def ground_truth_end(day: date, rows_by_day: Mapping[date, int]) -> pd.Timestamp | None:
+    """Until when forced liquidations after the start of `day` are known: the end of the last of the consecutive
+    days from `day` whose forced_liquidations partition is in the lake (`rows_by_day`: rows per present day). None
+    when `day` itself has none. An empty partition after the archive's end is no ground truth (the archive has no
+    file for that day), not a day without liquidations."""
+    end, d = None, day
+    while d in rows_by_day and (rows_by_day[d] > 0 or d <= LIQUIDATION_SNAPSHOT_LAST_DAY):
+        d += timedelta(days=1)
+        end = pd.Timestamp(d)
+    return end
+
+
+def horizon_status(scores: pd.DataFrame, day: date, rows_by_day: Mapping[date, int]) -> str:
+    """One line for the asset's metadata: whether every backtest covers its 24 hours and, if not, what to wait for."""
+    backtests = scores[scores["kind"] == "backtest"] if len(scores) else scores
+    if backtests.empty:
+        return "no backtest"
+    short = backtests[~backtests["complete"].astype(bool)]
+    if short.empty:
+        return f"complete: each of the {len(backtests)} backtests covers the 24 h after its snapshot"
+    known = ground_truth_end(day, rows_by_day)
+    first_missing = known.date() if known is not None else day
+    head = (
+        f"partial: {len(short)} of {len(backtests)} backtests cover less than 24 h (forced liquidations known "
+        f"{'up to ' + str(known) if known is not None else 'for none of the horizon'})"
+    )
+    end = f"the archive publishes USDT-M forced liquidations up to {LIQUIDATION_SNAPSHOT_LAST_DAY} only"
+    if first_missing in rows_by_day:  # present but empty after the archive's end: nothing more will come
+        return f"{head}; final: {first_missing} has no forced liquidations ({end})"
+    later = f" ({end})" if first_missing > LIQUIDATION_SNAPSHOT_LAST_DAY else ""
+    return f"{head}; re-materialize after {first_missing}'s forced_liquidations is ingested{later}"
+
+
+def rescore_due(lake: Lake, symbol: str, day: date) -> bool:
+    """Whether the stored validation_scores partition of `symbol` on `day` is partial and the lake now knows forced
+    liquidations further than it was scored with (typically: the next day's partition arrived). A sensor can ask
+    this of recent days and re-materialize those that say True; a re-scored partition then says False."""
+    if not lake.exists(SCORES_TABLE, symbol, day):
+        return False
+    stored = lake.read(SCORES_TABLE, symbol, [day]).to_pandas()
+    if "complete" not in stored.columns:
+        return False
+    short = stored[(stored["kind"] == "backtest") & ~stored["complete"].astype(bool)]
+    if short.empty:
+        return False
+    truth = lake.slice("forced_liquidations", symbol, [day, day + timedelta(days=1)]).rows_by_day()
+    known = ground_truth_end(day, truth)
+    return known is not None and bool((short["horizon_end"] < known).any())
 
 
 def score_day(
@@ -121,37 +190,63 @@ def score_day(
     liquidations: pd.DataFrame | None,
     price_bin: float,
     step: timedelta = timedelta(minutes=5),
+    liquidation_rows: Mapping[date, int] | None = None,
 ) -> tuple[pd.DataFrame, list[dict], list[str]]:
     """The day's scores table, the per-screenshot rows (for the JSONL), and what could not be scored and why.
 
     `files` are the screenshots `coinglass_levels` read for this partition; they are read again here for their
-    full intensity profiles, which that table does not keep.
+    full intensity profiles, which that table does not keep. `liquidation_rows`: rows of each forced_liquidations
+    partition present among the day and the next (default: counted from `liquidations`' `date` column); it says
+    how far the backtest's ground truth reaches (`ground_truth_end`).
     """
     shots = [s for s in read_day(folder, symbol, day)[0] if s.path.name in files]
     rows = screenshot_scores(shots, heat, klines, price_bin, step)
     notes = []
     if not shots:
         notes.append("no Coinglass screenshot for this day: no hit rate")
-    if liquidations is None or not len(liquidations):
-        notes.append("no forced liquidations for this day (the archive ends 2024-03-31): no backtest")
+    if liquidation_rows is None:
+        liquidation_rows = _rows_by_day(liquidations)
+    known_until = ground_truth_end(day, liquidation_rows)
+    if known_until is None:
+        notes.append(
+            f"no forced liquidations for {day}: "
+            + (
+                f"the archive publishes USDT-M forced liquidations up to {LIQUIDATION_SNAPSHOT_LAST_DAY} only"
+                if day in liquidation_rows
+                else "its forced_liquidations partition is not in the lake yet"
+            )
+        )
+    if levels.empty:
+        notes.append(f"no liquidation_levels for {day}: no backtest")
     else:
-        rows += backtest(levels, klines, liquidations, price_bin)
+        rows += backtest(levels, klines, liquidations, price_bin, known_until)
+    for r in rows:
+        r.setdefault("horizon_end", None)  # a screenshot's score does not depend on what comes after it
+        r.setdefault("complete", True)
     return scores_frame(rows, symbol, day), [r for r in rows if r["kind"] == "coinglass"], notes
+
+
+def _rows_by_day(liquidations: pd.DataFrame | None) -> dict[date, int]:
+    if liquidations is None or "date" not in liquidations.columns:
+        return {}
+    return {pd.Timestamp(d).date(): int(n) for d, n in liquidations["date"].value_counts().items()}
 
 
 def scores_frame(rows: list[dict], symbol: str, day: date) -> pd.DataFrame:
     """The partition's scores as a table: one row per screenshot (`kind` coinglass) and per hourly backtest
     (`kind` backtest). Nested values (per-score reasons) are dropped; a score with no observations is null."""
     flat = [{k: v for k, v in r.items() if not isinstance(v, list | dict | tuple)} for r in rows]
-    df = pd.DataFrame(flat, columns=None if flat else ["kind", "ts", "file", "reason"])
+    df = pd.DataFrame(flat, columns=None if flat else ["kind", "ts", "file", "reason", "horizon_end", "complete"])
     for col in df.columns:
-        if col in ("kind", "file", "reason", "ts") or df[col].dtype != object:
+        if col in ("kind", "file", "reason", "ts", "horizon_end", "complete") or df[col].dtype != object:
             continue
         try:
             df[col] = pd.to_numeric(df[col])
         except (TypeError, ValueError):
             df[col] = df[col].map(lambda v: None if v is None else str(v))
     df["ts"] = pd.to_datetime(df["ts"])
+    df["horizon_end"] = pd.to_datetime(df["horizon_end"])
+    df["complete"] = df["complete"].astype(bool)
     df.insert(0, "symbol", symbol)
     df.insert(1, "date", day)
     return df
