@@ -62,6 +62,12 @@ def read(zip_path: Path, header: bool = True) -> pd.DataFrame:
     return pd.read_csv(io.BytesIO(data), header=0 if header else None, dtype={"create_time": str})
 
 
+def day_rows(metrics: pd.DataFrame, day: date) -> pd.DataFrame:
+    """A metrics file's rows of its own day, in order and without repeats (what a reader of the archive keeps)."""
+    own = metrics[metrics["create_time"].str.startswith(day.isoformat())]
+    return own.drop_duplicates().sort_values("create_time").reset_index(drop=True)
+
+
 def test_public_constants():
     assert sample.SAMPLE_DAYS == tuple(date(2024, 12, 25) + timedelta(days=i) for i in range(4))
     assert sample.SAMPLE_SYMBOLS == ("BTCUSDT", "ETHUSDT")
@@ -257,7 +263,7 @@ def test_the_market_is_continuous_across_days(written, btc):
 
 def test_open_interest(written, btc, eth):
     root, paths = written
-    met = read(paths[DAY][1])
+    met = day_rows(read(paths[DAY][1]), DAY)
     kl = read(paths[DAY][2])
     assert len(met) == 288 and (met["symbol"] == "BTCUSDT").all()
     times = pd.to_datetime(met["create_time"], format="%Y-%m-%d %H:%M:%S")
@@ -277,10 +283,65 @@ def test_open_interest(written, btc, eth):
     ):
         assert met[col].between(0.2, 6).all(), col
     # Open interest moves, and is continuous across days.
-    all_days = pd.concat([read(paths[d][1]) for d in sample.SAMPLE_DAYS], ignore_index=True)
+    all_days = pd.concat([day_rows(read(paths[d][1]), d) for d in sample.SAMPLE_DAYS], ignore_index=True)
     oi = all_days["sum_open_interest"]
     assert oi.pct_change().abs().iloc[1:].max() < 0.05
     assert oi.max() / oi.min() > 1.01
+
+
+def test_metrics_files_run_to_the_next_midnight_out_of_order_and_with_repeats(written):
+    """As the archive's: 289 distinct times, 00:00:00 of the day through 00:00:00 of the next; that last row is the
+    next file's first row; some days' files are shuffled and some repeat rows verbatim."""
+    _, paths = written
+    files = {d: read(paths[d][1]) for d in sample.SAMPLE_DAYS}
+    shuffled = repeated = 0
+    for d, met in files.items():
+        times = pd.to_datetime(met["create_time"], format="%Y-%m-%d %H:%M:%S")
+        distinct = times.drop_duplicates().sort_values()
+        assert len(distinct) == 289, d
+        assert distinct.iloc[0] == pd.Timestamp(d) and distinct.iloc[-1] == pd.Timestamp(
+            d + timedelta(days=1)
+        )
+        assert (distinct.diff().iloc[1:] == pd.Timedelta(minutes=5)).all()
+        assert met.drop_duplicates().shape[0] == 289  # repeats are whole rows, never two values for one time
+        # a shuffled file steps back in time about every other row; a repeated row adds at most one step back
+        shuffled += int((times.diff().dropna() < pd.Timedelta(0)).sum() > 10)
+        repeated += len(met) > 289
+    assert shuffled >= 1 and repeated >= 1 and shuffled < len(files)
+    for d, following in zip(sample.SAMPLE_DAYS, sample.SAMPLE_DAYS[1:]):
+        boundary = files[d][files[d]["create_time"] == f"{following} 00:00:00"].drop_duplicates()
+        first = files[following][files[following]["create_time"] == f"{following} 00:00:00"].drop_duplicates()
+        assert boundary.reset_index(drop=True).equals(first.reset_index(drop=True)), d  # the series continues
+
+
+def test_blank_ratio_cells(tmp_path, eth):
+    paths = sample.write_day(tmp_path, eth, DAY, trades_per_day=500, blank_ratios=True)
+    text = member(paths[1])[1].decode()
+    assert ",,," in text and ",,,," not in text  # exactly the two top-trader cells are blank
+    met = read(paths[1])
+    blank = met["count_toptrader_long_short_ratio"].isna()
+    assert blank.sum() == 36 and met.loc[blank, "sum_toptrader_long_short_ratio"].isna().all()
+    assert met.loc[blank, "create_time"].str[11:13].astype(int).max() < 3  # the first three hours
+    assert met["sum_open_interest"].notna().all() and met["count_long_short_ratio"].notna().all()
+
+
+def test_headers_only_from_the_day_the_archive_added_them(tmp_path, eth):
+    """aggTrades files have a header from 2022-08-11, klines files from 2022-05-01; `header=` overrides."""
+
+    def starts_with_header(zip_path):
+        return not member(zip_path)[1][:1].isdigit()
+
+    for day, agg, kl in (
+        (date(2022, 4, 30), False, False),
+        (date(2022, 5, 1), False, True),
+        (date(2022, 8, 10), False, True),
+        (date(2022, 8, 11), True, True),
+    ):
+        paths = sample.write_day(tmp_path / str(day), eth, day, trades_per_day=300)
+        assert (starts_with_header(paths[0]), starts_with_header(paths[2])) == (agg, kl), day
+        assert starts_with_header(paths[1]) and starts_with_header(paths[4])  # metrics, liquidations: always
+    forced = sample.write_day(tmp_path / "forced", eth, date(2022, 4, 30), trades_per_day=300, header=True)
+    assert starts_with_header(forced[0]) and starts_with_header(forced[2])
 
 
 def test_open_interest_falls_when_longs_or_shorts_are_liquidated(btc):
@@ -330,7 +391,8 @@ def test_liquidations_follow_the_path(written):
     assert set(liq["side"]) == {"SELL", "BUY"}
     assert (liq["order_type"] == "LIMIT").all() and (liq["time_in_force"] == "IOC").all()
     assert (liq["order_status"] == "FILLED").all()
-    assert liq.duplicated().sum() > 0  # the archive repeats rows
+    assert liq.duplicated().sum() * 2 == len(liq)  # the archive writes every row twice
+    assert (liq.groupby(list(liq.columns)).size() == 2).all()
     assert (liq["accumulated_fill_quantity"] == liq["original_quantity"]).all()
     assert (liq["last_fill_quantity"] <= liq["accumulated_fill_quantity"]).all()
     sell, buy = liq[liq["side"] == "SELL"], liq[liq["side"] == "BUY"]
@@ -359,6 +421,8 @@ def test_market_day_matches_the_files(written, btc):
         if frame is None:
             continue
         on_disk = read(path)
+        if frame is md.metrics:  # the file adds the next day's 00:00 row and may reorder and repeat rows
+            on_disk = day_rows(on_disk, DAY)
         assert list(on_disk.columns) == list(frame.columns)
         assert len(on_disk) == len(frame)
         for col in frame.columns:

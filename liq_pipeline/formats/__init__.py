@@ -9,7 +9,10 @@ from liq_pipeline.formats.binance import (
     METRICS,
     ArchiveFormat,
     FormatError,
+    Parsed,
+    check_values,
     parse_csv,
+    parse_file,
 )
 
 __all__ = [
@@ -21,5 +24,8 @@ __all__ = [
     "METRICS",
     "ArchiveFormat",
     "FormatError",
+    "Parsed",
+    "check_values",
     "parse_csv",
+    "parse_file",
 ]

@@ -4,13 +4,16 @@ Each format names its CSV columns in file order, the SQL that turns a row into l
 orders the rows and identifies duplicates. Parsing runs in an in-memory DuckDB (parallel CSV reader); nothing here
 touches the warehouse.
 
-Facts handled (DESIGN §3): headers appear only in newer files; rows can be out of order or repeated; futures
-timestamps are ms, spot moved to µs in 2025, so the unit is detected per value rather than assumed.
+Facts handled: headers appear only in newer files; rows can be out of order or repeated; futures timestamps are ms,
+spot moved to µs in 2025, so the unit is detected per value rather than assumed; a daily file can hold a row of the
+next day (a `metrics` file usually runs from 00:00:00 of its day through 00:00:00 of the next, 289 rows), which is
+dropped and counted. Values are checked too: see `check_values`.
 """
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
@@ -35,6 +38,12 @@ class ArchiveFormat:
     period: str = "daily"  # "daily" or "monthly"
     interval: str | None = None  # klines only
     has_symbol_column: bool = False
+    # Value rules over lake columns (see check_values): prices, quantities, columns that must be finite when present,
+    # and a (high, low) pair whose high must not be below its low.
+    prices: tuple[str, ...] = ()
+    quantities: tuple[str, ...] = ()
+    finite: tuple[str, ...] = ()
+    high_low: tuple[str, str] | None = None
 
     @property
     def column_names(self) -> list[str]:
@@ -71,6 +80,8 @@ AGG_TRADES = ArchiveFormat(
         )
     ),
     key="agg_trade_id",
+    prices=("price",),
+    quantities=("quantity",),
 )
 
 KLINES = ArchiveFormat(
@@ -97,6 +108,9 @@ KLINES = ArchiveFormat(
         "taker_buy_volume, taker_buy_quote_volume"
     ),
     key="open_time",
+    prices=("close", "open", "high", "low"),
+    quantities=("volume", "quote_volume", "taker_buy_volume", "taker_buy_quote_volume"),
+    high_low=("high", "low"),
 )
 
 METRICS = ArchiveFormat(
@@ -119,6 +133,8 @@ METRICS = ArchiveFormat(
     ),
     key="ts",
     has_symbol_column=True,
+    # A zero reading is a missing reading (the checks flag it), not a broken file; NaN or inf is.
+    finite=("open_interest", "open_interest_value"),
 )
 
 FUNDING_RATE = ArchiveFormat(
@@ -154,6 +170,8 @@ LIQUIDATION_SNAPSHOT = ArchiveFormat(
         "AS notional_usd"
     ),
     key="*",
+    prices=("price",),
+    quantities=("quantity",),
 )
 
 FORMATS = {f.table: f for f in (AGG_TRADES, KLINES, METRICS, FUNDING_RATE, LIQUIDATION_SNAPSHOT)}
@@ -189,15 +207,53 @@ def _looks_numeric(text: str) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class Parsed:
+    table: pa.Table  # lake-ready: typed, the day's rows only, sorted by key, without repeats
+    dropped_other_day: int = 0  # rows of a daily file that belong to another day (the next day's 00:00 row)
+
+
 def parse_csv(path: Path, fmt: ArchiveFormat, symbol: str, day: date, origin: str | None = None) -> pa.Table:
+    """The lake table of one archive CSV for (symbol, day); `parse_file` says more."""
+    return parse_file(path, fmt, symbol, day, origin).table
+
+
+def parse_file(path: Path, fmt: ArchiveFormat, symbol: str, day: date, origin: str | None = None) -> Parsed:
     """Parse one archive CSV into the lake table for (symbol, day): typed, sorted by key, without repeats.
 
     `origin` names the file in errors (the zip or URL the CSV came from) when `path` is a temporary extract.
 
-    Rows outside the day are an error for daily files (the file belongs to another day) and are filtered out for
-    monthly files, which hold a month of days.
+    Monthly files hold a month of days: the day's rows are kept. A daily file may hold a few rows of another day
+    (a `metrics` file ends with the next day's 00:00:00 row): they are dropped and counted in `dropped_other_day`.
+    A daily file whose rows are mostly (more than half) another day's is the wrong file, and an error. A header-only
+    file is a 0-row table. Bad values (see `check_values`) are an error.
     """
     name = origin or str(path)
+    table = _read(path, fmt, symbol, name)
+    ts_col = _time_column(table)
+    start = datetime.combine(day, time())
+    in_day = pc.and_(
+        pc.greater_equal(table[ts_col], start), pc.less(table[ts_col], start + timedelta(days=1))
+    )
+    dropped = table.num_rows - (pc.sum(in_day).as_py() or 0)
+    kept = table.filter(in_day) if dropped else table  # the usual case costs no copy
+    if fmt.period == "daily" and dropped * 2 > table.num_rows:
+        bad = table.filter(pc.invert(in_day))
+        raise FormatError(
+            f"{name}: {dropped} of {table.num_rows} rows fall outside {day} (first at {bad[ts_col][0]}). "
+            f"The file belongs to another day; fetch {symbol}'s file for {day}."
+        )
+    table = _sort_unique(kept, fmt.key)
+    check_values(table, fmt, name)
+    n = table.num_rows
+    table = table.add_column(0, "date", pa.array(np.full(n, day), pa.date32())).add_column(
+        0, "symbol", pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([symbol]))
+    )
+    return Parsed(table, dropped if fmt.period == "daily" else 0)
+
+
+def _read(path: Path, fmt: ArchiveFormat, symbol: str, name: str) -> pa.Table:
+    """The CSV as typed lake columns (all its rows, in file order), its symbol column checked and dropped."""
     header = _sniff(path, fmt, name)
     cols = "{" + ", ".join(f"'{c}': '{t}'" for c, t in fmt.columns) + "}"
     con = duckdb.connect()
@@ -209,10 +265,11 @@ def parse_csv(path: Path, fmt: ArchiveFormat, symbol: str, day: date, origin: st
         )
         table = rel.to_arrow_table()
     except duckdb.Error as exc:
-        raise FormatError(f"{name}: cannot parse as a Binance {fmt.kind} file: {str(exc).splitlines()[0]}") from exc
+        raise FormatError(
+            f"{name}: cannot parse as a Binance {fmt.kind} file: {str(exc).splitlines()[0]}"
+        ) from exc
     finally:
         con.close()
-
     if fmt.has_symbol_column:
         others = pc.unique(table["_file_symbol"]).to_pylist()
         if any(s != symbol for s in others):
@@ -221,22 +278,111 @@ def parse_csv(path: Path, fmt: ArchiveFormat, symbol: str, day: date, origin: st
                 "The file was saved under the wrong symbol; fetch the right one."
             )
         table = table.drop_columns(["_file_symbol"])
+    return table
 
-    ts_col = "open_time" if "open_time" in table.column_names else "ts"
-    start = datetime.combine(day, time())
-    in_day = pc.and_(pc.greater_equal(table[ts_col], start), pc.less(table[ts_col], start + timedelta(days=1)))
-    if fmt.period == "monthly":
-        table = table.filter(in_day)
-    elif table.num_rows and not pc.all(in_day).as_py():
-        bad = table.filter(pc.invert(in_day))
-        raise FormatError(
-            f"{name}: {bad.num_rows} of {table.num_rows} rows fall outside {day} (first at {bad[ts_col][0]}). "
-            f"The file belongs to another day; fetch {symbol}'s file for {day}."
-        )
-    table = _sort_unique(table, fmt.key)
-    n = table.num_rows
-    return table.add_column(0, "date", pa.array(np.full(n, day), pa.date32())).add_column(
-        0, "symbol", pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([symbol]))
+
+def _time_column(table: pa.Table) -> str:
+    return "open_time" if "open_time" in table.column_names else "ts"
+
+
+# No USDT-M contract has traded anywhere near 10 million USDT (BTC's record is about 126 thousand).
+PRICE_CEILING = 1e7
+# A price more than this many times above or below the median of its file is not a trade. Any day whose prices span
+# less than 100x passes whatever its shape, and a deeper fall passes too while the median sits between the extremes:
+# a day that falls 99.99 % at an even pace has both ends within 100x of its median.
+PRICE_FACTOR = 100.0
+# The median is taken over an even sample of at most this many prices: cheap, and robust enough for a 100x test.
+_MEDIAN_SAMPLE = 1 << 16
+
+
+def check_values(table: pa.Table, fmt: ArchiveFormat, name: str) -> None:
+    """Raise FormatError, naming the file, column, row count, first bad row and what to do, on values no real
+    archive file holds. Vectorised: a handful of passes over each checked column.
+
+    - prices (`fmt.prices`): empty, NaN, infinite, zero or negative, above `PRICE_CEILING` (10 million USDT, far
+      above anything a USDT-M contract has traded at), or more than `PRICE_FACTOR` (100x) above or below the
+      median of the file's first price column. A genuine crash day passes: see `PRICE_FACTOR`.
+    - quantities (`fmt.quantities`): empty, NaN, infinite or negative. Zero is allowed: real aggTrades files have
+      rows of quantity 0 (e.g. ETHUSDT in May 2023, binance-public-data issue #342).
+    - `fmt.finite` (open interest): NaN or infinite. Empty cells load as null and zero is a missing reading: both
+      are left to the checks, which flag them.
+    - `fmt.high_low`: a bar whose high is below its low.
+    """
+    if table.num_rows == 0:
+        return
+    ts = table[_time_column(table)]
+    median = _median_price(table, fmt)
+    # One range test per column: NaN fails every comparison, so it lands in `bad` with the infinities.
+    low = median / PRICE_FACTOR if median is not None else 0.0
+    high = min(PRICE_CEILING, median * PRICE_FACTOR) if median is not None else PRICE_CEILING
+    for col in fmt.prices:
+        values = _floats(table, col)
+        bad = ~((values > low) & (values <= high))
+        _raise_if_bad(bad, values, ts, fmt, name, col, lambda i, v=values: _price_reason(v[i], median))
+    for col in fmt.quantities:
+        values = _floats(table, col)
+        bad = ~((values >= 0) & (values <= np.finfo(np.float64).max))
+        _raise_if_bad(bad, values, ts, fmt, name, col, _quantity_reason_at(values))
+    for col in fmt.finite:
+        values = _floats(table, col)
+        present = table[col].combine_chunks().is_valid().to_numpy(zero_copy_only=False)
+        _raise_if_bad(present & ~np.isfinite(values), values, ts, fmt, name, col, _quantity_reason_at(values))
+    if fmt.high_low:
+        hi, lo = (_floats(table, c) for c in fmt.high_low)
+        reason = lambda i: f"below the bar's {fmt.high_low[1]}, {float(lo[i])!r}"  # noqa: E731
+        _raise_if_bad(hi < lo, hi, ts, fmt, name, fmt.high_low[0], reason)
+
+
+def _floats(table: pa.Table, col: str) -> np.ndarray:
+    """A float column as numpy; empty cells (null) become NaN."""
+    return table[col].combine_chunks().to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+
+
+def _median_price(table: pa.Table, fmt: ArchiveFormat) -> float | None:
+    if not fmt.prices:
+        return None
+    values = _floats(table, fmt.prices[0])
+    sample = values[:: max(1, len(values) // _MEDIAN_SAMPLE)]
+    sample = sample[np.isfinite(sample) & (sample > 0) & (sample <= PRICE_CEILING)]
+    return float(np.median(sample)) if len(sample) else None
+
+
+def _price_reason(v: float, median: float | None) -> str:
+    if not np.isfinite(v) or v <= 0:
+        return _quantity_reason(v) if not np.isfinite(v) else "zero or negative"
+    if v > PRICE_CEILING:
+        return f"above {PRICE_CEILING:g} USDT, more than any USDT-M contract has traded at"
+    return f"more than {PRICE_FACTOR:g}x away from the file's median price {median:g}"
+
+
+def _quantity_reason_at(values: np.ndarray):
+    return lambda i: _quantity_reason(values[i])
+
+
+def _quantity_reason(v: float) -> str:
+    if np.isnan(v):
+        return "empty or not a number"
+    return "infinite" if np.isinf(v) else "negative"
+
+
+def _raise_if_bad(
+    bad: np.ndarray,
+    values: np.ndarray,
+    ts: pa.ChunkedArray,
+    fmt: ArchiveFormat,
+    name: str,
+    col: str,
+    reason: Callable[[int], str],
+) -> None:
+    if not bad.any():
+        return
+    first = int(np.argmax(bad))
+    value = float(values[first])
+    raise FormatError(
+        f"{name}: {int(bad.sum())} of {len(bad)} rows have a bad {col} in this Binance {fmt.kind} file; the first, "
+        f"at {ts[first].as_py()}, is {value!r} ({reason(first)}). The file is damaged or is not what its name says: "
+        "delete it and fetch it again; if a fresh copy from the archive holds the same values, report it to Binance "
+        "(https://github.com/binance/binance-public-data/issues) and leave this day out."
     )
 
 

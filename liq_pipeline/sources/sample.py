@@ -63,6 +63,8 @@ MINUTE_MS = 60_000
 DAY_MS = 86_400_000
 FUNDING_HOURS = (0, 8, 16)
 RAW_TRADES_PER_AGG = 3  # each day has exactly 3 * trades_per_day raw trades, so trade ids are continuous too
+# The archive's files have a header row only from these days on (binance-public-data issues #177 and #246).
+HEADER_SINCE = {"aggTrades": date(2022, 8, 11), "klines": date(2022, 5, 1)}
 
 AGG_TRADES_HEADER = "agg_trade_id,price,quantity,first_trade_id,last_trade_id,transact_time,is_buyer_maker"
 KLINES_HEADER = "open_time,open,high,low,close,volume,close_time,quote_volume,count,taker_buy_volume,taker_buy_quote_volume,ignore"
@@ -104,9 +106,9 @@ class SampleDay:
     day: date
     agg_trades: pd.DataFrame
     klines_1m: pd.DataFrame
-    metrics: pd.DataFrame
+    metrics: pd.DataFrame  # the day's 288 rows in order (the file adds the next day's 00:00 row, may reorder)
     funding: pd.DataFrame  # the funding rows that fall on this day
-    liquidations: pd.DataFrame
+    liquidations: pd.DataFrame  # as in the file: every row twice
 
 
 def archive_relpath(kind: str, symbol: str, day: date) -> str:
@@ -195,16 +197,21 @@ def write_day(
     day: date,
     *,
     trades_per_day: int = DEFAULT_TRADES_PER_DAY,
-    header: bool = True,
+    header: bool | None = None,
     ts_unit: str = "ms",
+    blank_ratios: bool = False,
 ) -> list[Path]:
     """Write every archive file of (symbol, day) under root, in the archive's layout, each zip with its CHECKSUM.
 
     Files: the day's aggTrades, metrics, 1m klines and liquidationSnapshot, and the month's fundingRate (the whole
-    calendar month). `header=False` and `ts_unit="us"` apply to aggTrades and klines, the two formats the archive
-    really published that way (no header before 2022; microseconds since the 2025 spot change), to exercise header
-    and unit detection. Metrics, fundingRate and liquidationSnapshot files always have a header and ms timestamps,
-    as in the archive; so the monthly fundingRate file is the same whichever day or options wrote it.
+    calendar month). They have the real files' quirks: aggTrades and klines have a header row only from the day the
+    archive added one (`HEADER_SINCE`; `header=True/False` overrides it); the metrics file holds 289 rows, 00:00:00
+    of the day through 00:00:00 of the next day (the next file's first row), on some days out of order and with some
+    rows repeated; every liquidationSnapshot row appears twice. `ts_unit="us"` writes aggTrades and klines in
+    microseconds (the 2025 spot change), to exercise unit detection. `blank_ratios=True` leaves the top-trader ratio
+    cells of the first hours empty, as in some early alt-coin metrics files. Metrics, fundingRate and
+    liquidationSnapshot files always have a header and ms timestamps, as in the archive; so the monthly fundingRate
+    file is the same whichever day or options wrote it.
     Writes are atomic and the content is deterministic, so calling it again (even from several processes at once)
     is harmless. Returns the zip paths in the order of `KINDS`.
     """
@@ -213,18 +220,26 @@ def write_day(
     scale = 1000 if ts_unit == "us" else 1
     s = spec.symbol
     trades = _trades(spec, day, trades_per_day)
+    has_header = {k: day >= since if header is None else header for k, since in HEADER_SINCE.items()}
     paths = [
         _write_zip(
             root,
             "aggTrades",
             s,
             day,
-            _agg_trades_chunks(spec, trades, header, scale),
+            _agg_trades_chunks(spec, trades, has_header["aggTrades"], scale),
             _AGG_LEVEL,
             large=trades_per_day > 10_000_000,
         ),
-        _write_zip(root, "metrics", s, day, [_metrics_csv(spec, day)], _SMALL_LEVEL),
-        _write_zip(root, "klines", s, day, [_klines_csv(spec, day, trades, header, scale)], _SMALL_LEVEL),
+        _write_zip(root, "metrics", s, day, [_metrics_csv(spec, day, blank_ratios)], _SMALL_LEVEL),
+        _write_zip(
+            root,
+            "klines",
+            s,
+            day,
+            [_klines_csv(spec, day, trades, has_header["klines"], scale)],
+            _SMALL_LEVEL,
+        ),
         _write_zip(root, "fundingRate", s, day, [_funding_csv(spec, day)], _SMALL_LEVEL),
         _write_zip(root, "liquidationSnapshot", s, day, [_liquidations_csv(spec, day)], _SMALL_LEVEL),
     ]
@@ -790,9 +805,8 @@ def _liquidations(spec: SymbolSpec, day: date) -> _Liquidations:
         partial, np.maximum(1, (qty_units * rng.uniform(0.1, 1.0, len(mid))).astype(np.int64)), qty_units
     )
 
-    # The archive repeats some rows verbatim.
-    repeat = 1 + (rng.random(len(mid)) < 0.03)
-    take = np.repeat(np.arange(len(mid)), repeat)
+    # The archive writes every row twice (binance-public-data issues #259 and #337).
+    take = np.repeat(np.arange(len(mid)), 2)
     return _Liquidations(
         time_ms=_day_ms(day) + in_day[take],
         sell=sell[take],
@@ -898,23 +912,39 @@ def _klines_csv(spec: SymbolSpec, day: date, tr: _Trades, header: bool, scale: i
     )
 
 
-def _metrics_csv(spec: SymbolSpec, day: date) -> bytes:
+def _metrics_rows(spec: SymbolSpec, day: date) -> list[list[str]]:
+    """The day's 288 metrics rows in order, as CSV cells."""
     m = _market(spec)
     met = _metrics(spec, day)
     n = len(met.create_time)
-    return _lines(
-        METRICS_HEADER,
-        [
-            met.create_time,
-            [spec.symbol] * n,
-            _fmt(np.rint(met.oi * 10**m.qty_decimals).astype(np.int64), m.qty_decimals),
-            [f"{v:.8f}" for v in met.oi_value.tolist()],
-            [f"{v:.4f}" for v in met.top_accounts.tolist()],
-            [f"{v:.4f}" for v in met.top_positions.tolist()],
-            [f"{v:.4f}" for v in met.accounts.tolist()],
-            [f"{v:.4f}" for v in met.taker_ratio.tolist()],
-        ],
-    )
+    columns = [
+        met.create_time,
+        [spec.symbol] * n,
+        _fmt(np.rint(met.oi * 10**m.qty_decimals).astype(np.int64), m.qty_decimals),
+        [f"{v:.8f}" for v in met.oi_value.tolist()],
+        [f"{v:.4f}" for v in met.top_accounts.tolist()],
+        [f"{v:.4f}" for v in met.top_positions.tolist()],
+        [f"{v:.4f}" for v in met.accounts.tolist()],
+        [f"{v:.4f}" for v in met.taker_ratio.tolist()],
+    ]
+    return [list(row) for row in zip(*columns)]
+
+
+def _metrics_csv(spec: SymbolSpec, day: date, blank_ratios: bool = False) -> bytes:
+    """The metrics file as the archive writes it: the day's rows and the next day's 00:00:00 row (the first row of
+    the next file, so the series continues), shuffled on some days and with a few rows repeated on some days."""
+    rows = _metrics_rows(spec, day) + _metrics_rows(spec, day + timedelta(days=1))[:1]
+    if blank_ratios:  # the two top-trader ratios, missing for the first three hours
+        for row in rows[:36]:
+            row[4] = row[5] = ""
+    rng = _rng(_market(spec), day, 6)
+    order = np.arange(len(rows))
+    if rng.random() < 0.5:
+        order = rng.permutation(order)
+    if rng.random() < 0.5:
+        repeated = rng.choice(len(rows), size=int(rng.integers(1, 4)), replace=False)
+        order = np.insert(order, rng.integers(0, len(order) + 1, len(repeated)), repeated)
+    return _lines(METRICS_HEADER, [list(col) for col in zip(*(rows[i] for i in order.tolist()))])
 
 
 def _funding_csv(spec: SymbolSpec, day: date) -> bytes:
