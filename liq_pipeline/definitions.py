@@ -6,15 +6,17 @@ from liq_pipeline.assets.model import MODEL_ASSETS
 from liq_pipeline.assets.raw import RAW_ASSETS
 from liq_pipeline.assets.validation import VALIDATION_ASSETS
 from liq_pipeline.assets.warehouse import warehouse_views
-from liq_pipeline.jobs import daily_job, validation_job, warehouse_job
+from liq_pipeline.checks import MODEL_CHECKS, RAW_CHECKS
+from liq_pipeline.jobs import daily_job, model_job, validation_job, warehouse_job
 from liq_pipeline.resources import ArchiveSource, LakeIOManager, LakeResource
 from liq_pipeline.schedules import daily_schedule
-from liq_pipeline.sensors import coinglass_screenshot_sensor
+from liq_pipeline.sensors import coinglass_screenshot_sensor, stale_model_sensor
 
 defs = Definitions(
     assets=[*RAW_ASSETS, *MODEL_ASSETS, *VALIDATION_ASSETS, warehouse_views],
-    jobs=[daily_job, validation_job, warehouse_job],
-    sensors=[coinglass_screenshot_sensor],
+    asset_checks=[*RAW_CHECKS, *MODEL_CHECKS],
+    jobs=[daily_job, model_job, validation_job, warehouse_job],
+    sensors=[coinglass_screenshot_sensor, stale_model_sensor],
     schedules=[daily_schedule],
     resources={
         "lake_io_manager": LakeIOManager(),

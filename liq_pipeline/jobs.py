@@ -2,21 +2,24 @@
 
 from dagster import AssetSelection, define_asset_job
 
-from liq_pipeline.partitions import SYMBOL_DATE
-
 # Everything partitioned by date|symbol: the raw tables and what the model builds from them.
 daily_job = define_asset_job(
     "daily_job",
     selection=AssetSelection.groups("raw", "model", "validation"),
-    partitions_def=SYMBOL_DATE,
     description="One symbol-day: download, parse and model. Backfill it per symbol from the UI.",
+)
+
+# What the stale-model sensor runs: the model of one partition, from the raw tables already in the lake.
+model_job = define_asset_job(
+    "model_job",
+    selection=AssetSelection.groups("model"),
+    description="Recompute the model of one symbol-day from the lake (no download), e.g. after its inputs changed.",
 )
 
 # What the screenshot sensor runs for the partition of each new screenshot.
 validation_job = define_asset_job(
     "validation_job",
     selection=AssetSelection.assets("coinglass_levels", "validation_scores"),
-    partitions_def=SYMBOL_DATE,
     description="Read the day's Coinglass screenshots and score the model against them and forced liquidations.",
 )
 

@@ -1,4 +1,5 @@
-"""A sensor that starts `validation_job` for each new Coinglass screenshot dropped into a folder (e.g. by N8N).
+"""Sensors: `coinglass_screenshot_sensor` starts `validation_job` for each new Coinglass screenshot dropped into a
+folder (e.g. by N8N); `stale_model_sensor` recomputes model partitions whose raw inputs changed after them.
 
 The folder is `screenshot_dir()`. Each `*.png` named `coinglass_{sym}_{model}_{timeframe}_{YYYYMMDD}_{HHMMSS}.png`
 requests one run of the (symbol, capture day) partition. The cursor maps file name -> mtime_ns, so a file is handled
@@ -14,10 +15,21 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SkipReason, sensor
+from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckSeverity,
+    AssetKey,
+    DefaultSensorStatus,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
 from PIL import Image
 
-from liq_pipeline.lake import data_dir
+from liq_pipeline import staleness
+from liq_pipeline.lake import Lake, data_dir
 from liq_pipeline.partitions import DAILY, partition_key
 from liq_pipeline.symbols import load_registry
 from liq_pipeline.validation.screenshot import parse_screenshot_name, symbol_for
@@ -140,3 +152,75 @@ def coinglass_screenshot_sensor(context: SensorEvaluationContext):
     ]
     context.update_cursor(json.dumps(new_cursor, sort_keys=True))
     return run_requests
+
+
+# --- stale model partitions ------------------------------------------------------------------------------------
+
+# The launchpad parameters of the model (`ModelParams`): a recompute uses those the stale partition was built with.
+_MODEL_PARAMS = (
+    "leverage",
+    "leverage_weights",
+    "lookback_days",
+    "position_usd",
+    "price_bin",
+    "imbalance_tilt",
+    "step_minutes",
+)
+
+
+def recompute_request(stale: staleness.Stale) -> RunRequest:
+    params = {k: v for k, v in stale.config.items() if k in _MODEL_PARAMS and v is not None}
+    return RunRequest(
+        run_key=stale.run_key,
+        partition_key=partition_key(stale.symbol, stale.day),
+        run_config={"ops": {"liquidation_model": {"config": params}}},
+        tags={"liq/stale": "; ".join(stale.reasons)[:200]},
+    )
+
+
+def stale_evaluation(stale: staleness.Stale) -> AssetCheckEvaluation:
+    """`fresh_against_inputs` failed, recorded the moment the sensor sees it (no run needed to show it)."""
+    return AssetCheckEvaluation(
+        asset_key=AssetKey(staleness.MODEL_TABLES[0]),
+        check_name="fresh_against_inputs",
+        passed=False,
+        severity=AssetCheckSeverity.ERROR,
+        partition=str(partition_key(stale.symbol, stale.day)),
+        description="stale: " + "; ".join(stale.reasons),
+        metadata={"run key": stale.run_key},
+    )
+
+
+def _load_seen(raw: str | None) -> set[str]:
+    try:
+        data = json.loads(raw) if raw else []
+    except ValueError:
+        return set()
+    return {str(k) for k in data} if isinstance(data, list) else set()
+
+
+@sensor(
+    name="stale_model_sensor",
+    job_name="model_job",
+    minimum_interval_seconds=300,
+    default_status=DefaultSensorStatus.STOPPED,
+    description=(
+        "Finds model partitions built from raw partitions that have changed since (rewritten with other content, "
+        "arrived or removed within the lookback), marks their fresh_against_inputs check failed and requests one "
+        "model_job run each. The run key holds the input fingerprints, so a recompute that fails is not requested "
+        "again until an input changes."
+    ),
+)
+def stale_model_sensor(context: SensorEvaluationContext):
+    stale = staleness.stale_partitions(Lake.at(), load_registry().symbols)
+    new, seen = staleness.plan(stale, _load_seen(context.cursor))
+    for s in new:
+        context.log.info(f"stale_model_sensor: {s.day}|{s.symbol} is stale: {'; '.join(s.reasons)}")
+    cursor = json.dumps(sorted(seen))
+    if not new:
+        return SensorResult(skip_reason=f"{len(stale)} stale model partitions, none new", cursor=cursor)
+    return SensorResult(
+        run_requests=[recompute_request(s) for s in new],
+        asset_events=[stale_evaluation(s) for s in new],
+        cursor=cursor,
+    )

@@ -8,7 +8,6 @@ import numpy as np
 import pyarrow.compute as pc
 from dagster import (
     AssetCheckResult,
-    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetIn,
@@ -21,7 +20,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from liq_pipeline import model_io
+from liq_pipeline import checks, model_io, staleness
 from liq_pipeline.lake import LakeSlice
 from liq_pipeline.model import ModelConfig, heatmap_png
 from liq_pipeline.model.config import DEFAULT_LOOKBACK_DAYS, DEFAULT_POSITION_USD
@@ -67,7 +66,7 @@ _LOOKBACK = lookback_mapping(MAX_LOOKBACK_DAYS)
 
 
 def _check(asset: str, name: str, description: str) -> AssetCheckSpec:
-    return AssetCheckSpec(name, asset=asset, description=description)
+    return checks.check_spec(name, asset, description)
 
 
 @multi_asset(
@@ -100,7 +99,6 @@ def _check(asset: str, name: str, description: str) -> AssetCheckSpec:
     check_specs=[
         _check(HEATMAP, "invariants", "Conservation, no level inside the step's range, open notional <= OI"),
         _check(HEATMAP, "not_empty_when_oi_moved", "The heatmap has mass when open interest changed"),
-        _check(LEVELS, "right_side_of_price", "Long zones below the price, short zones above"),
     ],
 )
 def liquidation_model(
@@ -114,6 +112,8 @@ def liquidation_model(
     symbol, day = split_key(context.partition_key)
     spec = load_registry().get(symbol)
     cfg = config.for_symbol(symbol)
+    # Which raw partitions this run reads, taken before reading them: stored with the tables for staleness.
+    inputs_record = staleness.record_inputs(klines.lake, symbol, day, cfg.lookback_days)
     loaded = model_io.load_inputs(day, cfg, klines, open_interest, agg_trades)
     started = time.perf_counter()
     result = model_io.run_day(spec, cfg, loaded)
@@ -122,6 +122,7 @@ def liquidation_model(
     heat = model_io.heatmap_table(result)
     levels = model_io.levels_table(result)
     events = model_io.events_table(result)
+    heat, levels, events = (staleness.stamp(t, inputs_record) for t in (heat, levels, events))
     common = {
         "model config": MetadataValue.json(cfg.to_dict()),
         "lookback days used": len(loaded.days_used),
@@ -182,14 +183,6 @@ def liquidation_model(
         asset_key=AssetKey(HEATMAP), check_name="not_empty_when_oi_moved",
         passed=heat.num_rows > 0 or not oi_moved,
         description=f"{heat.num_rows} cells; open interest {'moved' if oi_moved else 'did not move'}",
-    )
-    wrong = levels.filter(
-        ((pc.field("side") == "long") & (pc.field("price_high") >= pc.field("current_price")))
-        | ((pc.field("side") == "short") & (pc.field("price_low") <= pc.field("current_price")))
-    )
-    yield AssetCheckResult(
-        asset_key=AssetKey(LEVELS), check_name="right_side_of_price", passed=wrong.num_rows == 0,
-        severity=AssetCheckSeverity.ERROR, description=f"{wrong.num_rows} of {levels.num_rows} zones on the wrong side",
     )
 
 

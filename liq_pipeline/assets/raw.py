@@ -5,10 +5,11 @@ from datetime import date
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext, AssetsDefinition, MetadataValue, Output, asset
 
-from liq_pipeline import checks
+from liq_pipeline import checks, quality, staleness
 from liq_pipeline.formats import FORMATS, ArchiveFormat
+from liq_pipeline.lake import Lake
 from liq_pipeline.partitions import SYMBOL_DATE, split_key
-from liq_pipeline.resources import ArchiveSource
+from liq_pipeline.resources import ArchiveSource, LakeResource
 from liq_pipeline.sources.archive import Ingested, ingest
 
 _DESCRIPTIONS = {
@@ -27,18 +28,61 @@ def ingest_metadata(result: Ingested) -> dict:
     table = result.table
     meta: dict = {"dagster/row_count": table.num_rows}
     if result.fetched:
-        meta["source"] = MetadataValue.url(result.fetched.origin) if "://" in result.fetched.origin else MetadataValue.path(result.fetched.origin)
+        meta["source"] = (
+            MetadataValue.url(result.fetched.origin)
+            if "://" in result.fetched.origin
+            else MetadataValue.path(result.fetched.origin)
+        )
         meta["sha256"] = result.fetched.sha256 or "n/a"
         meta["checksum verified"] = result.fetched.verified
     if result.note:
         meta["note"] = result.note
+    if result.dropped_other_day:  # e.g. the next day's 00:00 row that ends a daily metrics file
+        meta["rows of another day dropped"] = result.dropped_other_day
     ts_col = "open_time" if "open_time" in table.column_names else "ts"
     if table.num_rows:
         meta["time range"] = f"{pc.min(table[ts_col]).as_py()} .. {pc.max(table[ts_col]).as_py()}"
-        price_col = "close" if "close" in table.column_names else "price" if "price" in table.column_names else None
+        price_col = (
+            "close" if "close" in table.column_names else "price" if "price" in table.column_names else None
+        )
         if price_col:
-            meta["price range"] = f"{pc.min(table[price_col]).as_py():g} .. {pc.max(table[price_col]).as_py():g}"
-        meta["preview"] = MetadataValue.md(table.slice(0, 5).drop_columns(["symbol"]).to_pandas().to_markdown(index=False))
+            meta["price range"] = (
+                f"{pc.min(table[price_col]).as_py():g} .. {pc.max(table[price_col]).as_py():g}"
+            )
+        meta["preview"] = MetadataValue.md(
+            table.slice(0, 5).drop_columns(["symbol"]).to_pandas().to_markdown(index=False)
+        )
+    return meta
+
+
+class LakeGuardError(RuntimeError):
+    """A file that parses but cannot be this symbol-day's data, given what the lake already holds."""
+
+
+def guard_against_lake(lake: Lake, fmt: ArchiveFormat, symbol: str, day: date, result: Ingested) -> None:
+    """Refuse, before anything is written, a file that would replace a full partition with no rows, or whose
+    prices are far outside the same symbol-day's other tables in the lake (another symbol's file)."""
+    if result.fetched is None:  # no file: the source says why the day is empty (result.note)
+        return
+    origin = result.fetched.origin
+    problem = quality.empty_over_full(lake, fmt.table, symbol, day, result.table, origin) or (
+        quality.lake_price_conflict(lake, fmt.table, symbol, day, result.table, origin)
+    )
+    if problem:
+        raise LakeGuardError(problem)
+
+
+def lake_metadata(
+    lake: Lake, fmt: ArchiveFormat, symbol: str, day: date, result: Ingested, fingerprint: str
+) -> dict:
+    """What this write does to the lake: its content fingerprint, the model partitions it makes stale, and a
+    word when the day has no rows."""
+    meta: dict = {"fingerprint": fingerprint}
+    if result.table.num_rows == 0 and result.fetched is not None:
+        meta["empty"] = f"{result.fetched.origin} has no rows: {symbol} has no {fmt.table} rows on {day}"
+    if fmt.table in staleness.MODEL_INPUTS:
+        stale = staleness.made_stale(lake, fmt.table, symbol, day, fingerprint)
+        meta["model partitions made stale"] = MetadataValue.json([f"{d}|{symbol}" for d in stale])
     return meta
 
 
@@ -49,15 +93,23 @@ def build_raw_asset(fmt: ArchiveFormat) -> AssetsDefinition:
         partitions_def=SYMBOL_DATE,
         io_manager_key="lake_io_manager",
         description=_DESCRIPTIONS[fmt.table],
-        check_specs=checks.raw_check_specs(fmt.table, fmt.table),
+        check_specs=checks.raw_check_specs(fmt.table),
         kinds={"parquet"},
         metadata={"archive file, e.g.": fmt.relpath("ETHUSDT", date(2024, 12, 28))},
     )
-    def _raw(context: AssetExecutionContext, archive: ArchiveSource):
+    def _raw(context: AssetExecutionContext, archive: ArchiveSource, lake: LakeResource):
         symbol, day = split_key(context.partition_key)
         result = ingest(archive.get(), fmt, symbol, day)
-        yield Output(result.table, metadata=ingest_metadata(result))
-        yield from checks.run_raw_checks(fmt.table, result.table, day)
+        the_lake = lake.get()
+        # Raises before the output exists, so the IO manager writes nothing and the previous partition stays.
+        guard_against_lake(the_lake, fmt, symbol, day, result)
+        table, fingerprint = staleness.with_fingerprint(result.table)
+        metadata = {
+            **ingest_metadata(result),
+            **lake_metadata(the_lake, fmt, symbol, day, result, fingerprint),
+        }
+        yield Output(table, metadata=metadata)
+        yield from checks.run_raw_checks(fmt.table, table, day)
 
     return _raw
 
