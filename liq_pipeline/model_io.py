@@ -20,9 +20,18 @@ from liq_pipeline.lake import LakeSlice
 from liq_pipeline.model import ModelConfig, ModelInputs, ModelResult, hourly_levels, run_model
 from liq_pipeline.symbols import SymbolSpec
 
-CONFIG_KEY = b"liq_model_config"  # Parquet schema metadata: the parameters that produced a heatmap (read by the API)
+# Parquet schema metadata: the parameters that produced a model table (read by the API)
+CONFIG_KEY = b"liq_model_config"
 LEVEL_COLUMNS = [
-    "ts", "side", "rank", "price_low", "price_high", "peak_price", "notional_usd", "distance_pct", "current_price",
+    "as_of",
+    "side",
+    "rank",
+    "price_low",
+    "price_high",
+    "peak_price",
+    "notional_usd",
+    "distance_pct",
+    "current_price",
     "is_end",
 ]
 
@@ -80,7 +89,8 @@ def load_inputs(
         steps = bars["step"].astype(np.int64)
         # Open interest at the end of each step: the last 5-minute reading at or before it.
         oi = con.execute(
-            "SELECT epoch_us(ts) AS t, open_interest FROM read_parquet(?) ORDER BY ts", [_files(open_interest)]
+            "SELECT epoch_us(ts) AS t, open_interest FROM read_parquet(?) ORDER BY ts",
+            [_files(open_interest)],
         ).fetchnumpy()
         ends = (steps + 1) * step_us
         at = np.searchsorted(oi["t"], ends, side="right") - 1
@@ -114,10 +124,18 @@ def load_inputs(
 
     inputs = ModelInputs(
         ts=(steps * step_us * 1000).astype("datetime64[ns]"),
-        open=bars["o"], high=bars["h"], low=bars["l"], close=bars["c"], oi=oi_at_end,
-        taker_buy=bars["buy"], taker_sell=bars["sell"], **profile,
+        open=bars["o"],
+        high=bars["h"],
+        low=bars["l"],
+        close=bars["c"],
+        oi=oi_at_end,
+        taker_buy=bars["buy"],
+        taker_sell=bars["sell"],
+        **profile,
     )
-    missing = {s.table: list(s.missing) for s in (klines, open_interest, trades) if s is not None and s.missing}
+    missing = {
+        s.table: list(s.missing) for s in (klines, open_interest, trades) if s is not None and s.missing
+    }
     return LoadedInputs(
         inputs=inputs,
         day_start=datetime.combine(day, datetime.min.time()),
@@ -137,12 +155,19 @@ def _meta(config: ModelConfig) -> dict[bytes, bytes]:
     return {CONFIG_KEY: json.dumps(config.to_dict(), sort_keys=True).encode()}
 
 
+def _timestamps(values: np.ndarray) -> pa.Array:
+    return pa.array(np.asarray(values).astype("datetime64[us]"), pa.timestamp("us"))
+
+
 def heatmap_table(result: ModelResult) -> pa.Table:
-    """One row per (step, price bin) with mass: the state after the step that starts at `ts`."""
+    """One row per (step, price bin) with mass. `ts` is the step's start, `as_of` = ts + step the time of the state
+    the row holds (after the step's candle). Empty cells are left out: a step whose state is empty has no row."""
     rows = result.heatmap_rows()
+    step = np.timedelta64(result.config.step_ns, "ns")
     table = pa.table(
         {
-            "ts": pa.array(rows["ts"].astype("datetime64[us]"), pa.timestamp("us")),
+            "ts": _timestamps(rows["ts"]),
+            "as_of": _timestamps(rows["ts"] + step),
             "price": pa.array(rows["price"], pa.float64()),
             "long_usd": pa.array(rows["long_usd"], pa.float64()),
             "short_usd": pa.array(rows["short_usd"], pa.float64()),
@@ -152,15 +177,23 @@ def heatmap_table(result: ModelResult) -> pa.Table:
 
 
 def levels_table(result: ModelResult, top: int = 10) -> pa.Table:
-    """The strongest zones at each hour and at the end of the day (`is_end`), ranked per side."""
+    """The strongest zones of the state at each hour and at the end of the day (`is_end`), ranked per side.
+    `as_of` is the state's time (the end of the step it follows), `current_price` that step's close."""
     rows = hourly_levels(result, top)
     cols: dict[str, list] = {c: [r[c] for r in rows] for c in LEVEL_COLUMNS}
-    cols["ts"] = [t.replace(tzinfo=None) for t in cols["ts"]]
+    cols["as_of"] = [t.replace(tzinfo=None) for t in cols["as_of"]]
     schema = pa.schema(
         [
-            ("ts", pa.timestamp("us")), ("side", pa.string()), ("rank", pa.int32()), ("price_low", pa.float64()),
-            ("price_high", pa.float64()), ("peak_price", pa.float64()), ("notional_usd", pa.float64()),
-            ("distance_pct", pa.float64()), ("current_price", pa.float64()), ("is_end", pa.bool_()),
+            ("as_of", pa.timestamp("us")),
+            ("side", pa.string()),
+            ("rank", pa.int32()),
+            ("price_low", pa.float64()),
+            ("price_high", pa.float64()),
+            ("peak_price", pa.float64()),
+            ("notional_usd", pa.float64()),
+            ("distance_pct", pa.float64()),
+            ("current_price", pa.float64()),
+            ("is_end", pa.bool_()),
         ],
         metadata=_meta(result.config),
     )
@@ -168,11 +201,14 @@ def levels_table(result: ModelResult, top: int = 10) -> pa.Table:
 
 
 def events_table(result: ModelResult) -> pa.Table:
-    """Predicted liquidations: when price ran through a level, the notional the model says was liquidated."""
+    """Predicted liquidations: when price ran through a level, the notional the model says was liquidated. `ts` is
+    the start of the step whose candle crossed the level, `as_of` = ts + step the first state without it."""
     ev = result.events
+    step = np.timedelta64(result.config.step_ns, "ns")
     return pa.table(
         {
-            "ts": pa.array(ev["ts"].astype("datetime64[us]"), pa.timestamp("us")),
+            "ts": _timestamps(ev["ts"]),
+            "as_of": _timestamps(ev["ts"] + step),
             "side": pa.array(np.where(ev["side"] == 0, "long", "short"), pa.string()),
             "price": pa.array(ev["price"], pa.float64()),
             "notional_usd": pa.array(ev["notional"], pa.float64()),
@@ -181,12 +217,15 @@ def events_table(result: ModelResult) -> pa.Table:
 
 
 def invariant_failures(result: ModelResult, inputs: ModelInputs, rel_tol: float = 1e-9) -> list[str]:
-    """DESIGN §4's invariants on one replay; an empty list means they hold."""
+    """The model's invariants on one replay (conservation, no level inside its step's range, open notional <= open
+    interest); an empty list means they hold."""
     problems = []
     for side, ledger in result.ledger.items():
         total = ledger["open"] + ledger["closed"] + ledger["liquidated"]
         if abs(ledger["opened"] - total) > rel_tol * max(ledger["opened"], 1.0):
-            problems.append(f"{side}: opened {ledger['opened']:.6g} != open + closed + liquidated {total:.6g}")
+            problems.append(
+                f"{side}: opened {ledger['opened']:.6g} != open + closed + liquidated {total:.6g}"
+            )
     low, high = inputs.low[result.step_index], inputs.high[result.step_index]
     long_bad = (result.long_usd > 0) & (result.prices[None, :] >= low[:, None])
     short_bad = (result.short_usd > 0) & (result.prices[None, :] <= high[:, None])
@@ -200,4 +239,3 @@ def invariant_failures(result: ModelResult, inputs: ModelInputs, rel_tol: float 
         if over.any():
             problems.append(f"open {name} notional above open-interest notional at {int(over.sum())} steps")
     return problems
-

@@ -3,7 +3,8 @@
 The server runs in a background thread (uvicorn) over a given lake; requests go through `httpx` with keep-alive,
 one at a time. The timed server has its answer cache turned off (`create_app(cache=False)`), so each request reads
 the Parquet partitions, pivots and serializes; a second, cached server shows what repeated requests cost.
-Without a lake of its own, it writes 30 synthetic days (288 steps x ~300 price bins a day) for BTCUSDT and ETHUSDT.
+Without a lake of its own, it writes 30 days of BTCUSDT and ETHUSDT through the pipeline's own code
+(`api.sample_lake`: the sample market's archive files -> ingest -> model -> the model tables' writers).
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from pathlib import Path
 
 import httpx
 
-from liq_pipeline.api.app import BackgroundServer, create_app
-from liq_pipeline.lake import Lake
+from liq_pipeline.api.app import create_app
+from liq_pipeline.api.sample_lake import write_sample_lake
+from liq_pipeline.api.server import BackgroundServer
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 WINDOWS = ("7d", "30d")
 TARGET_P95_MS = {"7d": 100.0}
-SYNTHETIC = {"BTCUSDT": (95_000.0, 100.0), "ETHUSDT": (3_400.0, 5.0)}
+LAST_DAY = date(2024, 12, 30)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -103,29 +105,28 @@ def _print(results: dict) -> None:
         print(f"ETH/BTC latency ratio {window}: p50 {ratio['p50']:.2f}, p95 {ratio['p95']:.2f}")
 
 
-def synthetic_bench_lake(data_dir: Path | str, days: int = 30, n_bins: int = 300) -> Lake:
-    """`days` synthetic days ending 2024-12-30 for BTCUSDT and ETHUSDT, ~n_bins price bins per step."""
-    from liq_pipeline.api.synthetic import write_synthetic_lake
-
-    last = date(2024, 12, 30)
-    return write_synthetic_lake(
-        data_dir, SYNTHETIC, [last - timedelta(days=i) for i in range(days)][::-1], n_bins=n_bins
-    )
+def bench_lake(data_dir: Path | str, days: int = 30) -> dict[str, float]:
+    """`days` days ending 2024-12-30 of BTCUSDT and ETHUSDT written by the pipeline's code; seconds per phase."""
+    days_written = [LAST_DAY - timedelta(days=i) for i in range(days)]
+    return write_sample_lake(data_dir, SYMBOLS, days_written)
 
 
 def run(data_dir: Path | str | None = None, n: int = 200, days: int = 30) -> dict:
-    """Bench a given lake, or a synthetic one written to a temporary folder when `data_dir` is None."""
+    """Bench a given lake, or one written by the pipeline's code into a temporary folder when `data_dir` is None."""
     if data_dir is not None:
         return bench_api(data_dir, n=n)
     with tempfile.TemporaryDirectory(prefix="liq-bench-api-") as tmp:
         started = time.perf_counter()
-        synthetic_bench_lake(Path(tmp) / "data", days=days)
-        print(f"wrote {days} synthetic days x 2 symbols in {time.perf_counter() - started:.1f} s")
+        phases = bench_lake(Path(tmp) / "data", days=days)
+        split = ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
+        print(
+            f"wrote {days} days x {len(SYMBOLS)} symbols in {time.perf_counter() - started:.1f} s ({split})"
+        )
         return bench_api(Path(tmp) / "data", n=n)
 
 
 def bench_api_command(args: argparse.Namespace) -> int:
-    """For `liq bench api`: uses `args.data_dir` (None: synthetic), `args.requests` and `args.days` if present."""
+    """For `liq bench api`: uses `args.data_dir` (None: a lake written for the bench), `args.requests` and `args.days` if present."""
     run(getattr(args, "data_dir", None), n=getattr(args, "requests", 200), days=getattr(args, "days", 30))
     return 0
 
@@ -133,10 +134,10 @@ def bench_api_command(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="liq bench api", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--data-dir", type=Path, default=None, help="a lake to read (default: a synthetic one)"
+        "--data-dir", type=Path, default=None, help="a lake to read (default: one written for the bench)"
     )
     parser.add_argument("-n", type=int, default=200, help="requests per window and symbol")
-    parser.add_argument("--days", type=int, default=30, help="synthetic days when no --data-dir")
+    parser.add_argument("--days", type=int, default=30, help="days to write when no --data-dir")
     args = parser.parse_args(argv)
     run(args.data_dir, n=args.n, days=args.days)
     return 0

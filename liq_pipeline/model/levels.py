@@ -110,13 +110,13 @@ def levels_at(
     gap_bins: int = 0,
 ) -> list[dict]:
     """Zones of the snapshots ``rows`` (indices into the kept steps of ``result``), priced against each step's
-    close. Each zone dict gets ``ts`` (the snapshot time = end of the step, UTC datetime), ``current_price`` and
+    close. Each zone dict gets ``as_of`` (the state's time = end of the step, UTC datetime), ``current_price`` and
     ``symbol``."""
     out: list[dict] = []
     ends = result.ts_end
     for i in np.asarray(rows, dtype=np.int64):
         current = float(result.close[i])
-        extra = {"symbol": result.symbol, "ts": _utc(ends[i]), "current_price": current}
+        extra = {"symbol": result.symbol, "as_of": _utc(ends[i]), "current_price": current}
         for z in zones(
             result.prices,
             result.long_usd[i],
@@ -159,7 +159,7 @@ def hourly_levels(
     rows = levels_at(result, picks, top, min_frac=min_frac, gap_bins=gap_bins)
     end_ts = _utc(result.ts_end[picks[-1]]) if picks.size else None
     for row in rows:
-        row["is_end"] = row["ts"] == end_ts
+        row["is_end"] = row["as_of"] == end_ts
     return rows
 
 

@@ -115,7 +115,13 @@ async function draw() {
 
   const nT = body.times.length;
   const nP = body.prices.length;
-  const times = body.times.map((t) => t.replace("Z", ""));
+  // Column i is the bucket [times[i], times[i] + step): drawn at the bucket's middle, so its cell spans exactly
+  // the bucket on the time axis, with the bucket's candle on it. Its colours are the state at as_of[i] (the end).
+  const stepMs = body.step_seconds * 1000;
+  const times = body.times.map((t) => new Date(Date.parse(t) + stepMs / 2).toISOString().replace("Z", ""));
+  const label = (t) => t.slice(0, 16).replace("T", " ");
+  const bucket = body.times.map(label);
+  const state = body.as_of.map(label);
   // Plotly's heatmap wants z[price][time]; the API gives [time][price].
   const z = new Array(nP);
   const custom = new Array(nP);
@@ -127,7 +133,7 @@ async function draw() {
       const l = body.long[t][p];
       const s = body.short[t][p];
       row[t] = l + s;
-      crow[t] = [fmtUsd(l), fmtUsd(s), fmtUsd(l + s)];
+      crow[t] = [fmtUsd(l), fmtUsd(s), fmtUsd(l + s), bucket[t], state[t]];
       if (l + s > 0) nonzero.push(l + s);
     }
     z[p] = row;
@@ -158,8 +164,8 @@ async function draw() {
       title: { text: "USD", font: { color: "#a9a3c2", size: 10 } },
     },
     hovertemplate:
-      "%{x|%Y-%m-%d %H:%M} UTC<br>Price %{y:,}<br>Long liq. $%{customdata[0]}<br>" +
-      "Short liq. $%{customdata[1]}<br>Total $%{customdata[2]}<extra></extra>",
+      "Bucket from %{customdata[3]} UTC<br>State at %{customdata[4]} UTC (end of bucket)<br>Price %{y:,}<br>" +
+      "Long liq. $%{customdata[0]}<br>Short liq. $%{customdata[1]}<br>Total $%{customdata[2]}<extra></extra>",
   };
   const candles = {
     type: "candlestick",
@@ -169,6 +175,8 @@ async function draw() {
     high: c.high,
     low: c.low,
     close: c.close,
+    hovertext: bucket.map((b) => "candle of the bucket from " + b + " UTC"),
+    hoverinfo: "y+text",
     increasing: { line: { color: "#0ecb81", width: 1 }, fillcolor: "#0ecb81" },
     decreasing: { line: { color: "#f6465d", width: 1 }, fillcolor: "#f6465d" },
     whiskerwidth: 0.3,
@@ -226,7 +234,7 @@ async function draw() {
   div.dataset.state = "ready";
   setStatus(
     body.symbol + " · step " + body.step_seconds / 60 + " min · " + nT + " × " + nP + " cells · bin " +
-      body.price_bin_size + " · to " + body.times[nT - 1].replace("T", " ").replace("Z", " UTC")
+      body.price_bin_size + " · state to " + (nT ? state[nT - 1] + " UTC" : "–")
   );
 }
 

@@ -1,0 +1,74 @@
+"""The API's two caches: whole answers (an LRU keyed on the request and the partitions' fingerprints) and facts
+from Parquet footers (keyed on the file's version, so a replaced file is read again)."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from pathlib import Path
+from typing import Any
+
+
+class AnswerCache:
+    """A thread-safe LRU of answer bodies. The key must include a fingerprint of every file the answer read, so a
+    new or re-materialized partition is a new key and never hidden."""
+
+    def __init__(self, size: int = 64, enabled: bool = True):
+        self.size = size
+        self.enabled = enabled
+        self._items: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self.stats = {"cache_hits": 0, "cache_misses": 0}
+
+    def get(self, key: Hashable) -> bytes | None:
+        if not self.enabled:
+            return None
+        with self._lock:
+            body = self._items.get(key)
+            if body is None:
+                self.stats["cache_misses"] += 1
+                return None
+            self._items.move_to_end(key)
+            self.stats["cache_hits"] += 1
+            return body
+
+    def put(self, key: Hashable, body: bytes) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            self._items[key] = body
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class FooterCache:
+    """Small facts read from a file (its stored config, a column's maximum), once per file version."""
+
+    def __init__(self, limit: int = 10_000):
+        self.limit = limit
+        self._facts: dict[tuple, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, path: Path, what: str, read: Callable[[Path], Any], default: Any = None) -> Any:
+        """`read(path)`, cached per file version (mtime, size, inode: a replaced file is new even with an old
+        mtime) and `what`; `default` when the file is missing or unreadable."""
+        try:
+            st = path.stat()
+            key = (str(path), st.st_mtime_ns, st.st_size, st.st_ino, what)
+        except OSError:
+            return default
+        if key in self._facts:
+            return self._facts[key]
+        try:
+            value = read(path)
+        except Exception:  # a file being replaced or unreadable: answer without this fact
+            value = default
+        with self._lock:
+            if len(self._facts) > self.limit:
+                self._facts.clear()
+            self._facts[key] = value
+        return value
