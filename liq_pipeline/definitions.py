@@ -10,13 +10,13 @@ from liq_pipeline.checks import MODEL_CHECKS, RAW_CHECKS
 from liq_pipeline.jobs import daily_job, model_job, validation_job, warehouse_job
 from liq_pipeline.resources import ArchiveSource, LakeIOManager, LakeResource
 from liq_pipeline.schedules import daily_schedule
-from liq_pipeline.sensors import coinglass_screenshot_sensor, stale_model_sensor
+from liq_pipeline.sensors import coinglass_screenshot_sensor, partial_scores_sensor, stale_model_sensor
 
 defs = Definitions(
     assets=[*RAW_ASSETS, *MODEL_ASSETS, *VALIDATION_ASSETS, warehouse_views],
     asset_checks=[*RAW_CHECKS, *MODEL_CHECKS],
     jobs=[daily_job, model_job, validation_job, warehouse_job],
-    sensors=[coinglass_screenshot_sensor, stale_model_sensor],
+    sensors=[coinglass_screenshot_sensor, stale_model_sensor, partial_scores_sensor],
     schedules=[daily_schedule],
     resources={
         "lake_io_manager": LakeIOManager(),

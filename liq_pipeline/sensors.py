@@ -1,5 +1,6 @@
 """Sensors: `coinglass_screenshot_sensor` starts `validation_job` for each new Coinglass screenshot dropped into a
-folder (e.g. by N8N); `stale_model_sensor` recomputes model partitions whose raw inputs changed after them.
+folder (e.g. by N8N); `stale_model_sensor` recomputes model partitions whose raw inputs changed after them;
+`partial_scores_sensor` rescores validation days scored before their next day's forced liquidations arrived.
 
 The folder is `screenshot_dir()`. Each `*.png` named `coinglass_{sym}_{model}_{timeframe}_{YYYYMMDD}_{HHMMSS}.png`
 requests one run of the (symbol, capture day) partition. The cursor maps file name -> mtime_ns, so a file is handled
@@ -32,6 +33,7 @@ from liq_pipeline import staleness
 from liq_pipeline.lake import Lake, data_dir
 from liq_pipeline.partitions import DAILY, partition_key
 from liq_pipeline.symbols import load_registry
+from liq_pipeline.validation.daily import SCORES_TABLE, rescore_due
 from liq_pipeline.validation.screenshot import parse_screenshot_name, symbol_for
 
 if TYPE_CHECKING:
@@ -224,3 +226,36 @@ def stale_model_sensor(context: SensorEvaluationContext):
         asset_events=[stale_evaluation(s) for s in new],
         cursor=cursor,
     )
+
+
+def rescore_scan(lake: Lake) -> list[RunRequest]:
+    """One `validation_job` request per stored validation_scores partition that is partial while the lake now knows
+    its forced liquidations further. The run key holds how far, so each new horizon is scored once."""
+    requests = []
+    for symbol, days in lake.symbol_dates(SCORES_TABLE).items():
+        for day in days:
+            known = rescore_due(lake, symbol, day)
+            if known is not None:
+                requests.append(
+                    RunRequest(
+                        run_key=f"rescore {day}|{symbol} to {known.isoformat()}",
+                        partition_key=partition_key(symbol, day),
+                        tags={"liq/rescore": f"forced liquidations now known to {known.isoformat()}"},
+                    )
+                )
+    return requests
+
+
+@sensor(
+    name="partial_scores_sensor",
+    job_name="validation_job",
+    minimum_interval_seconds=600,
+    default_status=DefaultSensorStatus.STOPPED,
+    description=(
+        "Rescores validation_scores partitions that were scored before the next day's forced liquidations were "
+        "ingested (their backtests cover less than 24 h), once the lake has them."
+    ),
+)
+def partial_scores_sensor(context: SensorEvaluationContext):
+    requests = rescore_scan(Lake.at())
+    return requests or SkipReason("no partial validation day has new forced liquidations")

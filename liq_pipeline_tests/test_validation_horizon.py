@@ -15,6 +15,7 @@ from liq_pipeline.assets.validation import VALIDATION_ASSETS
 from liq_pipeline.lake import Lake
 from liq_pipeline.partitions import partition_key
 from liq_pipeline.resources import ArchiveSource, LakeIOManager, LakeResource
+from liq_pipeline.sensors import rescore_scan
 from liq_pipeline.validation.daily import (
     SCORES_TABLE,
     ground_truth_end,
@@ -168,7 +169,7 @@ def test_rescore_due_when_the_next_day_arrives_and_not_after(tmp_path):
     lake.write(SCORES_TABLE, "BTCUSDT", D, pa.Table.from_pandas(_score(today, {D: 2}), preserve_index=False))
     assert not rescore_due(lake, "BTCUSDT", D)  # partial, but the lake knows nothing more
     _write_liquidations(lake, NEXT, LIQUIDATIONS[LIQUIDATIONS["date"] == NEXT])
-    assert rescore_due(lake, "BTCUSDT", D)
+    assert rescore_due(lake, "BTCUSDT", D) == pd.Timestamp(NEXT + timedelta(days=1))  # known through D+1
     lake.write(
         SCORES_TABLE,
         "BTCUSDT",
@@ -231,13 +232,18 @@ def test_validation_scores_partial_then_complete_through_dagster(resources, tmp_
     assert lake.read(SCORES_TABLE, "ETHUSDT", [day]).equals(partial)
     assert not rescore_due(lake, "ETHUSDT", day)
 
+    assert rescore_scan(lake) == []
     _materialize(resources, RAW_ASSETS, nxt)
-    assert rescore_due(lake, "ETHUSDT", day)
+    assert rescore_due(lake, "ETHUSDT", day) == pd.Timestamp(nxt + timedelta(days=1))
+    (request,) = rescore_scan(lake)  # what partial_scores_sensor asks for: this partition, once per horizon
+    assert request.partition_key == partition_key("ETHUSDT", day)
+    assert request.run_key == f"rescore {day}|ETHUSDT to {pd.Timestamp(nxt + timedelta(days=1)).isoformat()}"
     again = _materialize(resources, VALIDATION_ASSETS, day)
     horizon = again.asset_materializations_for_node("validation_scores")[0].metadata["backtest horizon"].value
     assert horizon.startswith("complete")
     full = lake.read(SCORES_TABLE, "ETHUSDT", [day]).to_pandas().query("kind == 'backtest'")
     assert full["complete"].all() and (full["horizon_end"] == full["ts"] + 24 * H).all()
+    assert rescore_scan(lake) == []
     pd.testing.assert_frame_equal(
         full[ZONE_COLUMNS].reset_index(drop=True), bt[ZONE_COLUMNS].reset_index(drop=True)
     )

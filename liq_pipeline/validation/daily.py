@@ -162,21 +162,22 @@ def horizon_status(scores: pd.DataFrame, day: date, rows_by_day: Mapping[date, i
     return f"{head}; re-materialize after {first_missing}'s forced_liquidations is ingested{later}"
 
 
-def rescore_due(lake: Lake, symbol: str, day: date) -> bool:
-    """Whether the stored validation_scores partition of `symbol` on `day` is partial and the lake now knows forced
-    liquidations further than it was scored with (typically: the next day's partition arrived). A sensor can ask
-    this of recent days and re-materialize those that say True; a re-scored partition then says False."""
+def rescore_due(lake: Lake, symbol: str, day: date) -> pd.Timestamp | None:
+    """Until when forced liquidations are now known, if the stored validation_scores partition of `symbol` on `day`
+    is partial and the lake knows further than it was scored with (typically: the next day's partition arrived);
+    None when nothing is due. A sensor re-materializes the partitions that answer a time; a re-scored partition
+    then answers None."""
     if not lake.exists(SCORES_TABLE, symbol, day):
-        return False
+        return None
     stored = lake.read(SCORES_TABLE, symbol, [day]).to_pandas()
     if "complete" not in stored.columns:
-        return False
+        return None
     short = stored[(stored["kind"] == "backtest") & ~stored["complete"].astype(bool)]
     if short.empty:
-        return False
+        return None
     truth = lake.slice("forced_liquidations", symbol, [day, day + timedelta(days=1)]).rows_by_day()
     known = ground_truth_end(day, truth)
-    return known is not None and bool((short["horizon_end"] < known).any())
+    return known if known is not None and bool((short["horizon_end"] < known).any()) else None
 
 
 def score_day(
