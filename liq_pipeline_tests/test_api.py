@@ -100,6 +100,7 @@ def test_heatmap_contract(client, lake_dir, symbol):
         written.schema.metadata[model_io.CONFIG_KEY]
     )  # the model's own config
     assert body["params"]["step_minutes"] == 5
+    assert body["data_source"] == "sample"  # the raw partitions say they came from the generated sample
 
     times, prices = body["times"], body["prices"]
     assert len(times) == 2 * 24 * 4  # 48 h of 15-minute buckets: every one has a column, empty or not

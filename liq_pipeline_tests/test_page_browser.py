@@ -101,6 +101,7 @@ def test_page_draws_and_switches_symbol(server, driver, tmp_path):
           heatLayers: document.querySelectorAll('#heatmap .hm image, #heatmap .heatmaplayer image').length,
           candlePaths: document.querySelectorAll('#heatmap .boxlayer path, #heatmap .trace.boxes path').length,
           legend: document.getElementById('legend').textContent,
+          badge: getComputedStyle(document.getElementById('badge')).display,
           foreign: performance.getEntriesByType('resource').map(e => e.name)
                      .filter(u => !u.startsWith(location.origin)),
         };
@@ -117,6 +118,7 @@ def test_page_draws_and_switches_symbol(server, driver, tmp_path):
     assert drawn["heatLayers"] >= 1 and drawn["candlePaths"] >= 1
     assert "model estimate" in drawn["legend"].lower() and "not exchange data" in drawn["legend"].lower()
     assert "state at the end of its time bucket" in drawn["legend"]
+    assert drawn["badge"] == "inline"  # the sample is generated, and the page says so
     assert drawn["foreign"] == []  # everything came from the local server: no CDN
 
     # the hover tooltip shows time, price and the long and short USD separately

@@ -293,6 +293,7 @@ def test_the_model_and_the_api_run_on_the_independent_archive(btc_archive, tmp_p
     r = client.get("/liquidations/heatmap-timeseries", params={"symbol": "BTCUSDT", "time_window": "48h"})
     assert r.status_code == 200, r.text
     body = r.json()
+    assert body["data_source"] == "local"  # real files: the page shows no "synthetic" badge
     grid = np.array(body["long"], dtype=float) + np.array(body["short"], dtype=float)
     assert grid.shape == (len(body["times"]), len(body["prices"])) and grid.sum() > 0
     assert (grid.sum(axis=1) > 0).mean() > 0.9  # nearly every column has open notional

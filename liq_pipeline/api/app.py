@@ -42,6 +42,7 @@ from liq_pipeline.api.queries import (
     read_candles,
     read_cells,
     read_config,
+    read_source,
     time_axis,
 )
 from liq_pipeline.lake import Lake
@@ -300,8 +301,10 @@ class LakeApi:
                 f"dates that exist: {hint['start']} to {hint['end']} ({hint['days']} days)",
                 available_dates=hint,
             )
-        # Phase 2: exactly those states' cells, and the buckets' candles.
+        # Phase 2: exactly those states' cells, the buckets' candles, and where the raw data came from.
         cells, candles = self._read(symbol, axis, klines)
+        last_klines = klines.between(present[-1][0], present[-1][0])
+        source = self.footers.get(last_klines[0][1], "source", read_source, None) if last_klines else None
         # Phase 3: cells onto the (re-binned) price grid and the time columns.
         grid = price_grid(np.asarray(cells["price"], dtype=np.float64), price_bin, k)
         column = np.searchsorted(axis.as_of_us, np.asarray(cells["t"], dtype=np.int64))
@@ -323,6 +326,7 @@ class LakeApi:
             "candles": {"time": times, **candles},
             "missing_dates": [d.isoformat() for d in axis.missing_days],
             "params": params,
+            "data_source": source,
             "units": "USD",
             "note": f"{NOTE} {TIME_NOTE}",
         }

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from liq_pipeline.lake import PART_FILE, Lake
 from liq_pipeline.model_io import CONFIG_KEY
+from liq_pipeline.sources.archive import SOURCE_KEY
 
 DEFAULT_MODEL_STEP = timedelta(minutes=5)
 TARGET_PRICE_BUCKETS = 400  # default re-binning aims at no more than this many price rows
@@ -125,6 +126,12 @@ def read_config(path: Path) -> dict:
     raw = (pq.read_schema(path).metadata or {}).get(CONFIG_KEY)
     value = json.loads(raw, parse_constant=lambda _: None) if raw else {}
     return value if isinstance(value, dict) else {"value": value}
+
+
+def read_source(path: Path) -> str | None:
+    """The archive source a raw partition was ingested from (sample, local, binance), from its footer."""
+    raw = (pq.read_schema(path).metadata or {}).get(SOURCE_KEY)
+    return raw.decode() if raw else None
 
 
 def column_max(path: Path, column: str) -> datetime | None:

@@ -20,7 +20,7 @@ from liq_pipeline.formats import FORMATS
 from liq_pipeline.lake import Lake
 from liq_pipeline.model import ModelConfig
 from liq_pipeline.sources import sample
-from liq_pipeline.sources.archive import LocalMirror, ingest
+from liq_pipeline.sources.archive import SampleArchive, ingest
 from liq_pipeline.symbols import Registry, SymbolSpec, load_registry
 
 # 2,000 trades a day keep the 1-minute klines alive (they are aggregated from the trades) at a fraction of the
@@ -30,10 +30,10 @@ MODEL_TABLES = ("liquidation_heatmap", "liquidation_levels", "predicted_liquidat
 
 
 def ingest_day(
-    lake: Lake, mirror: LocalMirror, spec: SymbolSpec, day: date, tables: Iterable[str], trades: int
+    lake: Lake, mirror: SampleArchive, spec: SymbolSpec, day: date, tables: Iterable[str], trades: int
 ) -> None:
     """Write the sample archive files of (symbol, day) into the mirror and ingest `tables` from them into the lake."""
-    sample.write_day(mirror.root, spec, day, trades_per_day=trades)
+    sample.write_day(mirror.mirror.root, spec, day, trades_per_day=trades)
     for table in tables:
         lake.write(table, spec.symbol, day, ingest(mirror, FORMATS[table], spec.symbol, day).table)
 
@@ -67,7 +67,7 @@ def write_symbol(
 ) -> dict[str, float]:
     """One symbol's raw and model partitions over `days` (ascending); seconds per phase."""
     lake = Lake.at(data_dir)
-    mirror = LocalMirror(lake.root.parent / "sample_archive")
+    mirror = SampleArchive(lake.root.parent / "sample_archive")
     raw = ("klines", "open_interest", "agg_trades") if with_trades else ("klines", "open_interest")
     started = time.perf_counter()
     for day in days:

@@ -30,6 +30,7 @@ from liq_pipeline.symbols import load_registry
 
 DEFAULT_ARCHIVE_URL = "https://data.binance.vision"
 LIQUIDATION_SNAPSHOT_LAST_DAY = date(2024, 3, 31)
+SOURCE_KEY = b"liq_source"  # raw partition's Parquet metadata: the source it came from (sample, local, binance)
 
 
 class ArchiveError(RuntimeError):
@@ -352,11 +353,16 @@ def ingest(source: Source, fmt: ArchiveFormat, symbol: str, day: date) -> Ingest
         note = _legitimately_missing(fmt, day)
         if note is None:
             raise
-        return Ingested(empty_table(fmt, symbol, day), None, f"{note} ({exc})")
+        return Ingested(_with_source(empty_table(fmt, symbol, day), source), None, f"{note} ({exc})")
     with tempfile.TemporaryDirectory(prefix="liq-ingest-") as tmp:
         csv_path = extract_csv(fetched, fmt, symbol, day, Path(tmp))
         parsed = parse_file(csv_path, fmt, symbol, day, origin=str(fetched.origin))
-        return Ingested(parsed.table, fetched, dropped_other_day=parsed.dropped_other_day)
+        return Ingested(_with_source(parsed.table, source), fetched, dropped_other_day=parsed.dropped_other_day)
+
+
+def _with_source(table: pa.Table, source: Source) -> pa.Table:
+    """The source's name in the table's metadata, so the lake (and the page's "synthetic" badge) knows it."""
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), SOURCE_KEY: source.name.encode()})
 
 
 def _legitimately_missing(fmt: ArchiveFormat, day: date) -> str | None:

@@ -76,10 +76,10 @@ async function loadSymbols() {
   }
 }
 
-function showParams(params) {
+function showParams(params, source) {
   const keys = Object.keys(params || {});
-  const text = JSON.stringify(params || {}).toLowerCase();
-  el("badge").style.display = text.includes("sample") || text.includes("synthetic") ? "inline" : "none";
+  // The embedded sample is a generated market, not exchange data: say so beside the chart.
+  el("badge").style.display = source === "sample" ? "inline" : "none";
   el("params").textContent = keys.length
     ? " Model parameters: " + keys.slice(0, 8).map((k) => k + "=" + JSON.stringify(params[k])).join(", ")
     : "";
@@ -223,7 +223,7 @@ async function draw() {
   };
   await Plotly.react(div, [heat, candles], layout, { responsive: true, displaylogo: false, scrollZoom: false });
   if (token !== drawToken) return;
-  showParams(body.params);
+  showParams(body.params, body.data_source);
   draws += 1;
   div.dataset.symbol = body.symbol;
   div.dataset.window = body.time_window;
