@@ -79,17 +79,20 @@ def _close_at(klines: pd.DataFrame, when: pd.Timestamp) -> float | None:
 def screenshot_scores(
     shots: list[Screenshot], heat: pd.DataFrame, klines: pd.DataFrame, price_bin: float, step: timedelta
 ) -> list[dict]:
-    """Each screenshot against our heatmap column that holds at its capture time (the last step ended by then)."""
+    """Each screenshot against our state at its capture time: the last step ended by then, on the model's step
+    grid (`as_of` is a multiple of `step`). The model writes only non-empty cells, so that state may have no rows:
+    it is then empty, not the last state that had rows."""
     out = []
+    first = heat["as_of"].min() if len(heat) else None
     for s in shots:
         when = pd.Timestamp(s.name.captured_at.astimezone(UTC).replace(tzinfo=None))
         base = {"kind": "coinglass", "ts": when, "file": s.path.name}
-        steps = heat.loc[heat["as_of"] <= when, "as_of"]
+        as_of = when.floor(step)
         price = _close_at(klines, when)
-        if steps.empty or price is None:
+        if first is None or as_of < first or price is None:
             out.append({**base, "reason": "no heatmap step or price at the capture time"})
             continue
-        col = heat[heat["as_of"] == steps.max()]
+        col = heat[heat["as_of"] == as_of]
         scores = coinglass_scores(
             s.reading.levels, s.reading.profile, col["price"].to_numpy(), col["long_usd"].to_numpy(),
             col["short_usd"].to_numpy(), price, price_bin, price_range=s.reading.price_range,
