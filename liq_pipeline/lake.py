@@ -37,6 +37,7 @@ _VIEWS = {
     "forced_liquidations_history": "SELECT * FROM read_parquet('{lake}/forced_liquidations/*/*/*.parquet')",
     "liquidation_heatmap_history": "SELECT * FROM read_parquet('{lake}/liquidation_heatmap/*/*/*.parquet')",
     "liquidation_levels_history": "SELECT * FROM read_parquet('{lake}/liquidation_levels/*/*/*.parquet')",
+    "predicted_liquidations_history": "SELECT * FROM read_parquet('{lake}/predicted_liquidations/*/*/*.parquet')",
     "klines_15m_history": """
         SELECT symbol, CAST(time_bucket(INTERVAL 15 MINUTE, open_time) AS DATE) AS date,
                time_bucket(INTERVAL 15 MINUTE, open_time) AS open_time,
@@ -56,6 +57,7 @@ _VIEW_TABLE = {
     "forced_liquidations_history": "forced_liquidations",
     "liquidation_heatmap_history": "liquidation_heatmap",
     "liquidation_levels_history": "liquidation_levels",
+    "predicted_liquidations_history": "predicted_liquidations",
 }
 
 

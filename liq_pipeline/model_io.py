@@ -21,6 +21,9 @@ from liq_pipeline.model import ModelConfig, ModelInputs, ModelResult, hourly_lev
 from liq_pipeline.symbols import SymbolSpec
 
 # Parquet schema metadata: the parameters that produced a model table (read by the API)
+# The model's three lake tables, written together by one replay.
+HEATMAP, LEVELS, EVENTS = "liquidation_heatmap", "liquidation_levels", "predicted_liquidations"
+MODEL_TABLES = (HEATMAP, LEVELS, EVENTS)
 CONFIG_KEY = b"liq_model_config"
 LEVEL_COLUMNS = [
     "as_of",

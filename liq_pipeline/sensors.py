@@ -31,6 +31,7 @@ from PIL import Image
 
 from liq_pipeline import staleness
 from liq_pipeline.lake import Lake, data_dir
+from liq_pipeline.model_io import HEATMAP
 from liq_pipeline.partitions import DAILY, partition_key
 from liq_pipeline.symbols import load_registry
 from liq_pipeline.validation.daily import SCORES_TABLE, rescore_due
@@ -183,7 +184,7 @@ def recompute_request(stale: staleness.Stale) -> RunRequest:
 def stale_evaluation(stale: staleness.Stale) -> AssetCheckEvaluation:
     """`fresh_against_inputs` failed, recorded the moment the sensor sees it (no run needed to show it)."""
     return AssetCheckEvaluation(
-        asset_key=AssetKey(staleness.MODEL_TABLES[0]),
+        asset_key=AssetKey(HEATMAP),
         check_name="fresh_against_inputs",
         passed=False,
         severity=AssetCheckSeverity.ERROR,

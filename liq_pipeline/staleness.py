@@ -23,14 +23,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from liq_pipeline.lake import Lake
-from liq_pipeline.model.config import DEFAULT_LOOKBACK_DAYS
-from liq_pipeline.model_io import CONFIG_KEY
+from liq_pipeline.model.config import DEFAULT_LOOKBACK_DAYS, MAX_LOOKBACK_DAYS
+from liq_pipeline.model_io import CONFIG_KEY, MODEL_TABLES
 
 FINGERPRINT_KEY = b"liq_fingerprint"  # raw partition: hash of its content
 INPUTS_KEY = b"liq_model_inputs"  # model table: {"lookback_days": n, "inputs": {table: {day: fingerprint}}}
 MODEL_INPUTS = ("klines", "open_interest", "agg_trades")
-MODEL_TABLES = ("liquidation_heatmap", "liquidation_levels", "predicted_liquidations")
-MAX_LOOKBACK_DAYS = 30  # the widest window a model run may read (the model asset's partition mapping)
 
 
 def table_fingerprint(table: pa.Table) -> str:

@@ -21,12 +21,12 @@ from liq_pipeline.checks import MODEL_CHECKS, RAW_CHECKS
 from liq_pipeline.formats import FORMATS
 from liq_pipeline.partitions import partition_key
 from liq_pipeline.resources import ArchiveSource, LakeIOManager, LakeResource
+from liq_pipeline.staleness import MODEL_INPUTS
 
 from .conftest import FIXTURE_DAYS
 
 DAY = FIXTURE_DAYS[-1]
 SYMBOL = "BTCUSDT"
-MODEL_TABLES = ("klines", "open_interest", "agg_trades")
 
 
 # --- helpers shared by the guard and staleness tests: edit an archive file of the mirror in place ------------
@@ -109,7 +109,7 @@ def clean(sample_mirror, tmp_path_factory):
     from liq_pipeline.lake import Lake
 
     lake = Lake.at(data)
-    return {t: lake.read(t, SYMBOL, [DAY]) for t in MODEL_TABLES}
+    return {t: lake.read(t, SYMBOL, [DAY]) for t in MODEL_INPUTS}
 
 
 # --- the rules as plain functions ----------------------------------------------------------------------------

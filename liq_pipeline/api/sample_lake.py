@@ -26,7 +26,6 @@ from liq_pipeline.symbols import Registry, SymbolSpec, load_registry
 # 2,000 trades a day keep the 1-minute klines alive (they are aggregated from the trades) at a fraction of the
 # default's cost; the model reads klines and open interest, and aggTrades only with `with_trades`.
 DEFAULT_TRADES_PER_DAY = 2_000
-MODEL_TABLES = ("liquidation_heatmap", "liquidation_levels", "predicted_liquidations")
 
 
 def ingest_day(
@@ -53,7 +52,7 @@ def model_day(
     )
     result = model_io.run_day(spec, config, loaded)
     tables = (model_io.heatmap_table(result), model_io.levels_table(result), model_io.events_table(result))
-    for name, table in zip(MODEL_TABLES, tables):
+    for name, table in zip(model_io.MODEL_TABLES, tables):
         lake.write(name, spec.symbol, day, table)
 
 

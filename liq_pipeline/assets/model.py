@@ -23,15 +23,11 @@ from pydantic import Field
 from liq_pipeline import checks, model_io, staleness
 from liq_pipeline.lake import LakeSlice
 from liq_pipeline.model import ModelConfig, heatmap_png
-from liq_pipeline.model.config import DEFAULT_LOOKBACK_DAYS, DEFAULT_POSITION_USD
+from liq_pipeline.model.config import DEFAULT_LOOKBACK_DAYS, DEFAULT_POSITION_USD, MAX_LOOKBACK_DAYS
+from liq_pipeline.model_io import EVENTS, HEATMAP, LEVELS
 from liq_pipeline.partitions import SYMBOL_DATE, lookback_mapping, split_key
 from liq_pipeline.resources import LakeResource
 from liq_pipeline.symbols import load_registry
-
-# The partition mapping is fixed at definition time, so it reaches back the most days a run may ask for; each run
-# then keeps its own `lookback_days` of them. It names both dimensions: one left out would read every symbol.
-MAX_LOOKBACK_DAYS = 30
-HEATMAP, LEVELS, EVENTS = "liquidation_heatmap", "liquidation_levels", "predicted_liquidations"
 
 
 class ModelParams(Config):
@@ -62,6 +58,8 @@ class ModelParams(Config):
         return ModelConfig.for_symbol(load_registry().get(symbol), **overrides)
 
 
+# The partition mapping is fixed at definition time, so it reaches back the most days a run may ask for; each run
+# then keeps its own `lookback_days` of them. It names both dimensions: one left out would read every symbol.
 _LOOKBACK = lookback_mapping(MAX_LOOKBACK_DAYS)
 
 
@@ -75,7 +73,8 @@ def _check(asset: str, name: str, description: str) -> AssetCheckSpec:
             io_manager_key="lake_io_manager",
             kinds={"parquet", "numpy"},
             description="Open notional (USD) per 5-minute step and liquidation-price bin, longs and shorts apart: "
-            "the Coinglass-style heatmap. A row holds the state after the step starting at `ts`.",
+            "the Coinglass-style heatmap. A row holds the state at `as_of` = `ts` + step, after the candle of the step "
+            "that starts at `ts`. Only non-empty cells are written.",
         ),
         LEVELS: AssetOut(
             io_manager_key="lake_io_manager",

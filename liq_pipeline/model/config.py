@@ -32,6 +32,7 @@ from typing import Any
 from liq_pipeline.symbols import SymbolSpec
 
 DEFAULT_LOOKBACK_DAYS = 14
+MAX_LOOKBACK_DAYS = 30  # the most a run may replay: the model asset's partition mapping reaches this far back
 DEFAULT_POSITION_USD = 10_000.0
 DEFAULT_STEP_MINUTES = 5
 
