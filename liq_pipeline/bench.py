@@ -53,13 +53,22 @@ def bench_ingest(args: argparse.Namespace) -> int:
         lake = Lake(root / "lake")
 
         def ours():
-            lake.write(AGG_TRADES.table, spec.symbol, BENCH_DAY, ingest(mirror, AGG_TRADES, spec.symbol, BENCH_DAY).table)
+            lake.write(
+                AGG_TRADES.table,
+                spec.symbol,
+                BENCH_DAY,
+                ingest(mirror, AGG_TRADES, spec.symbol, BENCH_DAY).table,
+            )
 
         t_floor = _median_time(floor, args.repeat)
-        t_unzip = _median_time(lambda: extract_csv(fetched, AGG_TRADES, spec.symbol, BENCH_DAY, root), args.repeat)
+        t_unzip = _median_time(
+            lambda: extract_csv(fetched, AGG_TRADES, spec.symbol, BENCH_DAY, root), args.repeat
+        )
         t_ours = _median_time(ours, args.repeat)
     rows = args.trades
-    print(f"DuckDB alone, CSV -> Parquet (floor): median {t_floor:.2f} s  {rows / t_floor / 1e6:.2f} M rows/s")
+    print(
+        f"DuckDB alone, CSV -> Parquet (floor): median {t_floor:.2f} s  {rows / t_floor / 1e6:.2f} M rows/s"
+    )
     print(f"agg_trades, zip -> verified -> lake:  median {t_ours:.2f} s  {rows / t_ours / 1e6:.2f} M rows/s")
     print(f"  of which unzip alone (single-threaded inflate, not in the floor): median {t_unzip:.2f} s")
     print(f"ratio to the floor: {t_ours / t_floor:.2f}x (target <= 1.5x; median of {args.repeat})")
@@ -91,21 +100,31 @@ def bench_model(args: argparse.Namespace) -> int:
         slices = {t: lake.slice(t, spec.symbol, days) for t in ("klines", "open_interest", "agg_trades")}
 
         def load():
-            return model_io.load_inputs(BENCH_DAY, cfg, slices["klines"], slices["open_interest"], slices["agg_trades"])
+            return model_io.load_inputs(
+                BENCH_DAY, cfg, slices["klines"], slices["open_interest"], slices["agg_trades"]
+            )
 
         loaded = load()
         t_load = _median_time(load, args.repeat)
         t_model = _median_time(lambda: model_io.run_day(spec, cfg, loaded), args.repeat)
         result = model_io.run_day(spec, cfg, loaded)
         t_tables = _median_time(
-            lambda: (model_io.heatmap_table(result), model_io.levels_table(result), model_io.events_table(result)),
+            lambda: (
+                model_io.heatmap_table(result),
+                model_io.levels_table(result),
+                model_io.events_table(result),
+            ),
             args.repeat,
         )
     steps = result.n_steps
-    print(f"lookback {cfg.lookback_days} days, {steps:,} steps, {result.prices.size:,} price bins x "
-          f"{len(cfg.leverage)} leverages x 2 sides, {loaded.n_trades:,} trades in the volume profile")
-    print(f"model (run_model):             median {t_model:.3f} s per symbol-day  {steps / t_model:,.0f} steps/s"
-          "  (target < 1 s)")
+    print(
+        f"lookback {cfg.lookback_days} days, {steps:,} steps, {result.prices.size:,} price bins x "
+        f"{len(cfg.leverage)} leverages x 2 sides, {loaded.n_trades:,} trades in the volume profile"
+    )
+    print(
+        f"model (run_model):             median {t_model:.3f} s per symbol-day  {steps / t_model:,.0f} steps/s"
+        "  (target < 1 s)"
+    )
     print(f"inputs (DuckDB: bars, OI, volume profile of {len(days)} days): median {t_load:.3f} s")
     print(f"output tables (heatmap, levels, events):   median {t_tables:.3f} s")
     print(f"total per symbol-day: {t_model + t_load + t_tables:.2f} s (median of {args.repeat})")

@@ -80,7 +80,9 @@ def cmd_screenshot_levels(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="liq", description="Liquidation heatmaps for Binance USDT-M perpetuals.")
+    parser = argparse.ArgumentParser(
+        prog="liq", description="Liquidation heatmaps for Binance USDT-M perpetuals."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run the pipeline on the embedded synthetic sample, end to end")
@@ -89,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.set_defaults(func=cmd_demo)
 
     backfill = sub.add_parser(
-        "backfill", help="materialize one symbol over a date range, day by day, in this process (uses LIQ_SOURCE)"
+        "backfill",
+        help="materialize one symbol over a date range, day by day, in this process (uses LIQ_SOURCE)",
     )
     backfill.add_argument("symbol")
     backfill.add_argument("--start", type=date.fromisoformat, required=True, help="YYYY-MM-DD")
@@ -106,15 +109,21 @@ def main(argv: list[str] | None = None) -> int:
     shot.add_argument("--json", action="store_true", help="print one JSON object")
     shot.set_defaults(func=cmd_screenshot_levels)
 
-    report = sub.add_parser("validate-report", help="BTC vs ETH: hit rate, precision@k, recall and their deltas")
+    report = sub.add_parser(
+        "validate-report", help="BTC vs ETH: hit rate, precision@k, recall and their deltas"
+    )
     report.set_defaults(func=cmd_validate_report)
 
     bench = sub.add_parser("bench", help="print speed figures")
     bench.add_argument("what", choices=["ingest", "model", "api"])
-    bench.add_argument("--trades", type=int, default=2_500_000, help="aggTrades per generated day (ingest, model)")
+    bench.add_argument(
+        "--trades", type=int, default=2_500_000, help="aggTrades per generated day (ingest, model)"
+    )
     bench.add_argument("--repeat", type=int, default=3)
     bench.add_argument("--requests", type=int, default=200, help="requests per window (api)")
-    bench.add_argument("--data-dir", dest="data_dir", default=None, help="lake to serve (api; default synthetic)")
+    bench.add_argument(
+        "--data-dir", dest="data_dir", default=None, help="lake to serve (api; default synthetic)"
+    )
     bench.set_defaults(func=cmd_bench)
 
     args = parser.parse_args(argv)

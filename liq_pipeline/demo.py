@@ -22,7 +22,9 @@ def run_demo(instance: DagsterInstance, symbols: list[str] | None = None, days: 
     sample_days = list(SAMPLE_DAYS[-days:] if days else SAMPLE_DAYS)
     lake = Lake.at()
     print("liq demo: the embedded SYNTHETIC sample market (LIQ_SOURCE=sample), not real Binance data.")
-    print(f"  symbols {', '.join(symbols)}; days {sample_days[0]} .. {sample_days[-1]}; data in {lake.root.parent}")
+    print(
+        f"  symbols {', '.join(symbols)}; days {sample_days[0]} .. {sample_days[-1]}; data in {lake.root.parent}"
+    )
     if not run_partitions(instance, symbols, sample_days):
         return 1
     print_summary(lake, symbols)
@@ -44,10 +46,15 @@ def run_partitions(instance: DagsterInstance, symbols: list[str], days: list[dat
     for i, (day, symbol) in enumerate(keys, start=1):
         started = time.perf_counter()
         result = job.execute_in_process(
-            partition_key=partition_key(symbol, day), instance=instance, raise_on_error=False, run_config=QUIET
+            partition_key=partition_key(symbol, day),
+            instance=instance,
+            raise_on_error=False,
+            run_config=QUIET,
         )
         status = "ok" if result.success else "FAILED"
-        print(f"  [{i}/{len(keys)}] {day}|{symbol}  {status}  {time.perf_counter() - started:.1f} s  run {result.run_id[:8]}")
+        print(
+            f"  [{i}/{len(keys)}] {day}|{symbol}  {status}  {time.perf_counter() - started:.1f} s  run {result.run_id[:8]}"
+        )
         if not result.success:
             for event in result.get_step_failure_events() or [result.get_run_failure_event()]:
                 print(f"    {event.step_key or 'run'}: {failure_text(event)}")
@@ -59,7 +66,9 @@ def run_partitions(instance: DagsterInstance, symbols: list[str], days: list[dat
 def user_error(error: SerializableErrorInfo | None) -> SerializableErrorInfo | None:
     """The error our code raised, under Dagster's wrappers: a step failure is a DagsterExecutionStepExecutionError
     ("Error occurred while executing op ...") whose cause is the exception that says what went wrong."""
-    while error is not None and (error.cls_name or "").startswith("Dagster") and (error.cause or error.context):
+    while (
+        error is not None and (error.cls_name or "").startswith("Dagster") and (error.cause or error.context)
+    ):
         error = error.cause or error.context
     return error
 
@@ -97,7 +106,9 @@ def print_levels(lake: Lake, symbols: list[str], top: int = 5) -> None:
             print(f"\n{symbol}: no zones at the end of {days[-1]}")
             continue
         price = end["current_price"].iloc[0]
-        print(f"\n{symbol} liquidation zones at {end['as_of'].iloc[0]:%Y-%m-%d %H:%M} UTC (price {price:,.2f}), model estimate:")
+        print(
+            f"\n{symbol} liquidation zones at {end['as_of'].iloc[0]:%Y-%m-%d %H:%M} UTC (price {price:,.2f}), model estimate:"
+        )
         for side in ("long", "short"):
             rows = end[end["side"] == side].sort_values("rank").head(top)
             for r in rows.itertuples():
@@ -126,10 +137,15 @@ def run_screenshot_sensor(instance: DagsterInstance, lake: Lake, symbols: list[s
     job = defs.resolve_job_def("validation_job")
     for request in requests:
         result = job.execute_in_process(
-            partition_key=request.partition_key, tags=request.tags, instance=instance, raise_on_error=False,
+            partition_key=request.partition_key,
+            tags=request.tags,
+            instance=instance,
+            raise_on_error=False,
             run_config=QUIET,
         )
-        print(f"  sensor -> run {result.run_id[:8]} for {request.partition_key}: {'ok' if result.success else 'FAILED'}")
+        print(
+            f"  sensor -> run {result.run_id[:8]} for {request.partition_key}: {'ok' if result.success else 'FAILED'}"
+        )
         if not result.success:
             return False
     print(f"\n{validation_report(lake)}")

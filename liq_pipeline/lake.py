@@ -125,7 +125,9 @@ class Lake:
             (present if path.exists() else missing).append(path if path.exists() else day)
         return present, missing
 
-    def read(self, table: str, symbol: str, days: Iterable[date], columns: list[str] | None = None) -> pa.Table:
+    def read(
+        self, table: str, symbol: str, days: Iterable[date], columns: list[str] | None = None
+    ) -> pa.Table:
         """Read the partitions that exist, in day order, as one Arrow table (empty if none exist)."""
         files, _ = self.files(table, symbol, sorted(days))
         if not files:
@@ -139,7 +141,9 @@ class Lake:
         if not base.exists():
             return out
         for sym_dir in sorted(base.glob("symbol=*")):
-            days = sorted(date.fromisoformat(d.name[5:]) for d in sym_dir.glob("date=*") if (d / PART_FILE).exists())
+            days = sorted(
+                date.fromisoformat(d.name[5:]) for d in sym_dir.glob("date=*") if (d / PART_FILE).exists()
+            )
             if days:
                 out[sym_dir.name[7:]] = days
         return out
@@ -147,7 +151,9 @@ class Lake:
     def slice(self, table: str, symbol: str, days: Iterable[date]) -> LakeSlice:
         days = sorted(days)
         files, missing = self.files(table, symbol, days)
-        return LakeSlice(self, table, symbol, tuple(days), tuple(d for d in days if d not in missing), tuple(missing))
+        return LakeSlice(
+            self, table, symbol, tuple(days), tuple(d for d in days if d not in missing), tuple(missing)
+        )
 
     def partition_rows(self, table: str, symbol: str, day: date) -> int | None:
         """Rows of one partition from its Parquet footer (no data read); None when it does not exist."""

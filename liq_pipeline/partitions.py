@@ -38,7 +38,11 @@ def partition_key(symbol: str, day: date) -> MultiPartitionKey:
 
 def split_key(key: str | MultiPartitionKey) -> tuple[str, date]:
     """`2024-12-28|ETHUSDT` -> ("ETHUSDT", date(2024, 12, 28))."""
-    dims = key.keys_by_dimension if isinstance(key, MultiPartitionKey) else dict(zip(("date", "symbol"), key.split("|")))
+    dims = (
+        key.keys_by_dimension
+        if isinstance(key, MultiPartitionKey)
+        else dict(zip(("date", "symbol"), key.split("|")))
+    )
     return dims["symbol"], date.fromisoformat(dims["date"])
 
 

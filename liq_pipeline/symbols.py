@@ -100,14 +100,20 @@ def _load(path: Path) -> Registry:
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError as exc:
-        raise RegistryError(f"{path}: symbol registry file not found; set LIQ_SYMBOLS_FILE to an existing file") from exc
+        raise RegistryError(
+            f"{path}: symbol registry file not found; set LIQ_SYMBOLS_FILE to an existing file"
+        ) from exc
     except tomllib.TOMLDecodeError as exc:
         raise RegistryError(f"{path}: not valid TOML: {exc}") from exc
 
     unknown_top = set(raw) - {"tiers", "symbols"}
     if unknown_top:
-        raise RegistryError(f"{path}: unknown top-level keys {sorted(unknown_top)}; expected [tiers] and [symbols.*]")
-    named_tiers = {name: _parse_tiers(path, f"tiers.{name}", rows) for name, rows in raw.get("tiers", {}).items()}
+        raise RegistryError(
+            f"{path}: unknown top-level keys {sorted(unknown_top)}; expected [tiers] and [symbols.*]"
+        )
+    named_tiers = {
+        name: _parse_tiers(path, f"tiers.{name}", rows) for name, rows in raw.get("tiers", {}).items()
+    }
     entries = raw.get("symbols", {})
     if not entries:
         raise RegistryError(f"{path}: no [symbols.*] entries")
@@ -138,7 +144,9 @@ def _parse_symbol(path: Path, symbol: str, entry: dict, named_tiers: dict) -> Sy
     leverage, weights = entry["leverage"], entry["leverage_weights"]
     if not leverage or len(leverage) != len(weights):
         raise RegistryError(f"{where}: leverage and leverage_weights must be non-empty lists of equal length")
-    if any(not isinstance(lev, int) or lev < 1 for lev in leverage) or list(leverage) != sorted(set(leverage)):
+    if any(not isinstance(lev, int) or lev < 1 for lev in leverage) or list(leverage) != sorted(
+        set(leverage)
+    ):
         raise RegistryError(f"{where}: leverage must be increasing whole numbers >= 1, got {leverage}")
     if any(w < 0 for w in weights) or not math.isclose(sum(weights), 1.0, abs_tol=1e-9):
         raise RegistryError(f"{where}: leverage_weights must be >= 0 and sum to 1, got {weights}")
@@ -151,7 +159,9 @@ def _parse_symbol(path: Path, symbol: str, entry: dict, named_tiers: dict) -> Sy
     else:
         tiers = _parse_tiers(path, f"symbols.{symbol}.tiers", tiers_ref)
     if max(leverage) > tiers[0].max_leverage:
-        raise RegistryError(f"{where}: leverage {max(leverage)}x exceeds the first tier's max {tiers[0].max_leverage}x")
+        raise RegistryError(
+            f"{where}: leverage {max(leverage)}x exceeds the first tier's max {tiers[0].max_leverage}x"
+        )
 
     return SymbolSpec(
         symbol=symbol,
@@ -190,7 +200,9 @@ def _parse_tiers(path: Path, where: str, rows: list) -> tuple[MarginTier, ...]:
                     f"{at}: floor {tier.floor:g} must equal the previous cap {prev.cap:g} (tiers overlap or have a gap)"
                 )
             if tier.mmr <= prev.mmr or tier.max_leverage > prev.max_leverage:
-                raise RegistryError(f"{at}: tiers are unordered; mmr must rise and max_leverage must not rise")
+                raise RegistryError(
+                    f"{at}: tiers are unordered; mmr must rise and max_leverage must not rise"
+                )
             expected_cum = prev.cum + tier.floor * (tier.mmr - prev.mmr)
         else:
             if tier.floor != 0:

@@ -30,8 +30,11 @@ def run_graph(data_dir, symbols, days=FIXTURE_DAYS, run_config=None):
         for symbol in symbols:
             results.append(
                 materialize(
-                    [*RAW_ASSETS, *MODEL_ASSETS], partition_key=partition_key(symbol, day), resources=resources,
-                    run_config=run_config, raise_on_error=False,
+                    [*RAW_ASSETS, *MODEL_ASSETS],
+                    partition_key=partition_key(symbol, day),
+                    resources=resources,
+                    run_config=run_config,
+                    raise_on_error=False,
                 )
             )
     return results
@@ -90,8 +93,11 @@ def test_missing_own_day_names_the_raw_partition(local, tmp_path):
         "archive": ArchiveSource(source="local"),
     }
     result = materialize(
-        [*MODEL_ASSETS, *RAW_ASSETS], selection=MODEL_ASSETS, partition_key=partition_key("BTCUSDT", DAY),
-        resources=resources, raise_on_error=False,
+        [*MODEL_ASSETS, *RAW_ASSETS],
+        selection=MODEL_ASSETS,
+        partition_key=partition_key("BTCUSDT", DAY),
+        resources=resources,
+        raise_on_error=False,
     )
     assert not result.success
     error = result.get_step_failure_events()[0].event_specific_data.error
@@ -136,12 +142,17 @@ def test_screenshot_to_scores_and_jsonl_without_duplicates(local, tmp_path, monk
     assert all(r.success for r in run_graph(tmp_path, ["ETHUSDT"]))
     lake = Lake.at(tmp_path)
     write_sample_screenshot(lake, shots, "ETHUSDT", datetime(2024, 12, 28, 12, tzinfo=UTC))
-    resources = {"lake_io_manager": LakeIOManager(data_dir=str(tmp_path)), "lake": LakeResource(data_dir=str(tmp_path)),
-                 "archive": ArchiveSource(source="local")}
+    resources = {
+        "lake_io_manager": LakeIOManager(data_dir=str(tmp_path)),
+        "lake": LakeResource(data_dir=str(tmp_path)),
+        "archive": ArchiveSource(source="local"),
+    }
     for _ in range(2):  # a re-run replaces, never duplicates
         result = materialize(
-            [*RAW_ASSETS, *MODEL_ASSETS, *VALIDATION_ASSETS], selection=VALIDATION_ASSETS,
-            partition_key=partition_key("ETHUSDT", DAY), resources=resources,
+            [*RAW_ASSETS, *MODEL_ASSETS, *VALIDATION_ASSETS],
+            selection=VALIDATION_ASSETS,
+            partition_key=partition_key("ETHUSDT", DAY),
+            resources=resources,
         )
         assert result.success
     levels = lake.read("coinglass_levels", "ETHUSDT", [DAY]).to_pandas()
@@ -156,8 +167,10 @@ def test_screenshot_to_scores_and_jsonl_without_duplicates(local, tmp_path, monk
     assert records[0]["hit_rate"] == pytest.approx(shot["hit_rate"].iloc[0])
     # No screenshot that day and no forced liquidations: said, not scored as 0 or 1.
     other = materialize(
-        [*RAW_ASSETS, *MODEL_ASSETS, *VALIDATION_ASSETS], selection=VALIDATION_ASSETS,
-        partition_key=partition_key("ETHUSDT", FIXTURE_DAYS[0]), resources=resources,
+        [*RAW_ASSETS, *MODEL_ASSETS, *VALIDATION_ASSETS],
+        selection=VALIDATION_ASSETS,
+        partition_key=partition_key("ETHUSDT", FIXTURE_DAYS[0]),
+        resources=resources,
     )
     meta = other.asset_materializations_for_node("validation_scores")[0].metadata
     assert "no Coinglass screenshot for this day: no hit rate" in meta["nothing to score"].value

@@ -22,12 +22,23 @@ REPO = Path(__file__).resolve().parents[1]
 def test_two_symbols_backfilled_by_parallel_processes_both_land(mirror, tmp_path):
     """Two OS processes write the same lake, instance and warehouse at once, as two backfills would."""
     day = FIXTURE_DAYS[-1].isoformat()
-    env = {**os.environ, "LIQ_SOURCE": "local", "LIQ_ARCHIVE_ROOT": str(mirror),
-           "LIQ_DATA_DIR": str(tmp_path / "data"), "DAGSTER_HOME": str(tmp_path / "home")}
+    env = {
+        **os.environ,
+        "LIQ_SOURCE": "local",
+        "LIQ_ARCHIVE_ROOT": str(mirror),
+        "LIQ_DATA_DIR": str(tmp_path / "data"),
+        "DAGSTER_HOME": str(tmp_path / "home"),
+    }
     (tmp_path / "home").mkdir()
     procs = [
-        subprocess.Popen([sys.executable, "-m", "liq_pipeline.cli", "backfill", symbol, "--start", day, "--end", day],
-                         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            [sys.executable, "-m", "liq_pipeline.cli", "backfill", symbol, "--start", day, "--end", day],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for symbol in ("BTCUSDT", "ETHUSDT")
     ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
@@ -40,19 +51,29 @@ def test_two_symbols_backfilled_by_parallel_processes_both_land(mirror, tmp_path
         rows = dict(con.execute("SELECT symbol, COUNT(*) FROM klines_1m_history GROUP BY symbol").fetchall())
     assert rows == {"BTCUSDT": 1440, "ETHUSDT": 1440}
     with DagsterInstance.from_config(str(tmp_path / "home")) as instance:
-        partitions = {r.tags.get("dagster/partition") for r in instance.get_runs() if r.job_name == "daily_job"}
+        partitions = {
+            r.tags.get("dagster/partition") for r in instance.get_runs() if r.job_name == "daily_job"
+        }
     assert partitions == {f"{day}|BTCUSDT", f"{day}|ETHUSDT"}
 
 
 def test_a_symbol_added_only_to_the_registry_runs_through_the_pipeline(tmp_path, monkeypatch, avax_registry):
     registry = avax_registry
     shutil.copy(REPO / "dagster.yaml", tmp_path)  # the shipped instance settings, as `dagster dev` reads them
-    env = {**os.environ, "LIQ_SYMBOLS_FILE": str(registry), "LIQ_DATA_DIR": str(tmp_path / "data"),
-           "LIQ_SOURCE": "sample"}
+    env = {
+        **os.environ,
+        "LIQ_SYMBOLS_FILE": str(registry),
+        "LIQ_DATA_DIR": str(tmp_path / "data"),
+        "LIQ_SOURCE": "sample",
+    }
     env.pop("DAGSTER_HOME", None)
     done = subprocess.run(
         [sys.executable, "-m", "liq_pipeline.cli", "demo", "--symbols", "AVAXUSDT", "--days", "2"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     lake = Lake.at(tmp_path / "data")

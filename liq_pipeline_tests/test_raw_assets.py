@@ -30,7 +30,11 @@ def run_raw(tables, symbol, day, **kw):
     return materialize(
         [ASSETS[t] for t in tables],
         partition_key=partition_key(symbol, day),
-        resources={"lake_io_manager": LakeIOManager(), "archive": ArchiveSource(source="local"), "lake": LakeResource()},
+        resources={
+            "lake_io_manager": LakeIOManager(),
+            "archive": ArchiveSource(source="local"),
+            "lake": LakeResource(),
+        },
         raise_on_error=False,
         **kw,
     )
@@ -86,14 +90,22 @@ def checksum_mismatch(mirror):
 
 def missing_file(mirror):
     _zip_path(mirror, AGG_TRADES, "BTCUSDT").unlink()
-    return "agg_trades", "BTCUSDT", r"BTCUSDT aggTrades for 2024-12-28: no file at .*BTCUSDT-aggTrades-2024-12-28\.zip"
+    return (
+        "agg_trades",
+        "BTCUSDT",
+        r"BTCUSDT aggTrades for 2024-12-28: no file at .*BTCUSDT-aggTrades-2024-12-28\.zip",
+    )
 
 
 def wrong_columns(mirror):
     # A klines file saved where the aggTrades file belongs.
     _, klines_csv = _read_member(_zip_path(mirror, FORMATS["klines"], "BTCUSDT"))
     _rewrite(_zip_path(mirror, AGG_TRADES, "BTCUSDT"), "BTCUSDT-aggTrades-2024-12-28.csv", klines_csv)
-    return "agg_trades", "BTCUSDT", r"BTCUSDT-aggTrades-2024-12-28\.zip.*wrong columns for a Binance aggTrades file"
+    return (
+        "agg_trades",
+        "BTCUSDT",
+        r"BTCUSDT-aggTrades-2024-12-28\.zip.*wrong columns for a Binance aggTrades file",
+    )
 
 
 def another_day(mirror):
@@ -107,7 +119,11 @@ def another_symbol(mirror):
     # ETHUSDT's open interest saved as BTCUSDT's.
     _, eth = _read_member(_zip_path(mirror, METRICS, "ETHUSDT"))
     _rewrite(_zip_path(mirror, METRICS, "BTCUSDT"), "BTCUSDT-metrics-2024-12-28.csv", eth)
-    return "open_interest", "BTCUSDT", r"BTCUSDT-metrics-2024-12-28\.zip: rows belong to \['ETHUSDT'\], not BTCUSDT"
+    return (
+        "open_interest",
+        "BTCUSDT",
+        r"BTCUSDT-metrics-2024-12-28\.zip: rows belong to \['ETHUSDT'\], not BTCUSDT",
+    )
 
 
 @pytest.mark.parametrize(
@@ -124,7 +140,9 @@ def test_bad_input_fails_clearly_and_keeps_the_previous_partition(local, lake, d
     assert not result.success
     assert re.search(message, failure_message(result)), failure_message(result)
     assert target.read_bytes() == before  # the previous data is intact ...
-    assert sorted(p.name for p in target.parent.iterdir()) == [target.name]  # ... and nothing half-written beside it
+    assert sorted(p.name for p in target.parent.iterdir()) == [
+        target.name
+    ]  # ... and nothing half-written beside it
 
 
 def test_bad_input_for_a_new_partition_writes_nothing(local, lake):
@@ -148,7 +166,9 @@ def test_headerless_shuffled_duplicated_and_microsecond_files_give_the_clean_tab
     clean = {t: lake.read(t, "ETHUSDT", [DAY]) for t in ("agg_trades", "klines", "open_interest")}
 
     spec = load_registry().get("ETHUSDT")
-    sample.write_day(local, spec, DAY, trades_per_day=3_000, header=False, ts_unit="us")  # old header, new unit
+    sample.write_day(
+        local, spec, DAY, trades_per_day=3_000, header=False, ts_unit="us"
+    )  # old header, new unit
     rng = random.Random(7)
 
     def shuffle_and_repeat(rows):
@@ -177,15 +197,22 @@ def test_rematerializing_is_identical_and_the_seed_query_counts_each_row_once(lo
     assert run_raw(tables, "ETHUSDT", DAY).success
     assert lake.read("agg_trades", "ETHUSDT", FIXTURE_DAYS).equals(first)
 
-    assert set(lake.refresh_warehouse()) >= {"aggtrades_history", "open_interest_history", "klines_1m_history",
-                                             "klines_15m_history"}
+    assert set(lake.refresh_warehouse()) >= {
+        "aggtrades_history",
+        "open_interest_history",
+        "klines_1m_history",
+        "klines_15m_history",
+    }
     with duckdb.connect(str(lake.warehouse_path), read_only=True) as con:
         n = con.execute("SELECT COUNT(*) FROM aggtrades_history WHERE symbol = 'ETHUSDT'").fetchone()[0]
         assert n == first.num_rows == len(set(first["agg_trade_id"].to_pylist()))
-        types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE aggtrades_history)").fetchall())
+        types = dict(
+            con.execute("SELECT column_name, column_type FROM (DESCRIBE aggtrades_history)").fetchall()
+        )
         assert types["date"] == "DATE" and types["ts"].startswith("TIMESTAMP") and types["price"] == "DOUBLE"
         bars = con.execute(
-            "SELECT count(*), sum(volume) FROM klines_15m_history WHERE symbol = 'ETHUSDT' AND date = ?", [DAY]
+            "SELECT count(*), sum(volume) FROM klines_15m_history WHERE symbol = 'ETHUSDT' AND date = ?",
+            [DAY],
         ).fetchone()
         minute_volume = con.execute(
             "SELECT sum(volume) FROM klines_1m_history WHERE symbol = 'ETHUSDT' AND date = ?", [DAY]
@@ -198,11 +225,17 @@ def test_checks_pass_on_good_data_and_report_per_partition(local, lake):
 
     for symbol in ("BTCUSDT", "ETHUSDT"):
         result = materialize(
-            [*ASSETS.values(), *RAW_CHECKS], partition_key=partition_key(symbol, DAY),
-            resources={"lake_io_manager": LakeIOManager(), "archive": ArchiveSource(source="local"),
-                       "lake": LakeResource()},
+            [*ASSETS.values(), *RAW_CHECKS],
+            partition_key=partition_key(symbol, DAY),
+            resources={
+                "lake_io_manager": LakeIOManager(),
+                "archive": ArchiveSource(source="local"),
+                "lake": LakeResource(),
+            },
         )
         evaluations = result.get_asset_check_evaluations()
         assert sorted(e.check_name for e in evaluations) == ["coverage", "inside_klines", "oi_continuity"]
-        assert all(e.passed for e in evaluations), [(e.check_name, e.description) for e in evaluations if not e.passed]
+        assert all(e.passed for e in evaluations), [
+            (e.check_name, e.description) for e in evaluations if not e.passed
+        ]
         assert {e.partition for e in evaluations} == {f"{DAY}|{symbol}"}

@@ -7,8 +7,18 @@ import pytest
 from liq_pipeline.partitions import SYMBOLS
 from liq_pipeline.symbols import PACKAGED_FILE, RegistryError, load_registry, validate_symbol
 
-SEED_SYMBOLS = ["BTCUSDT", "ETHUSDT", "BNBUSDT", "ADAUSDT", "DOGEUSDT", "XRPUSDT", "SOLUSDT", "DOTUSDT",
-                "MATICUSDT", "LINKUSDT"]
+SEED_SYMBOLS = [
+    "BTCUSDT",
+    "ETHUSDT",
+    "BNBUSDT",
+    "ADAUSDT",
+    "DOGEUSDT",
+    "XRPUSDT",
+    "SOLUSDT",
+    "DOTUSDT",
+    "MATICUSDT",
+    "LINKUSDT",
+]
 
 
 def test_packaged_registry_lists_the_seed_symbols_and_drives_the_partitions():
@@ -52,9 +62,17 @@ tiers = [
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [
-        ("price_bin = 0.05", "price_bin = 0.05\ncolour = 'red'", r"\[symbols.AVAXUSDT\]: unknown keys \['colour'\]"),
+        (
+            "price_bin = 0.05",
+            "price_bin = 0.05\ncolour = 'red'",
+            r"\[symbols.AVAXUSDT\]: unknown keys \['colour'\]",
+        ),
         ("[symbols.AVAXUSDT]", "[symbols.avax-usdt]", r"\[symbols.avax-usdt\]: bad symbol name"),
-        ("floor = 5000, cap = 50000", "floor = 4000, cap = 50000", "tier 2: floor 4000 must equal the previous cap"),
+        (
+            "floor = 5000, cap = 50000",
+            "floor = 4000, cap = 50000",
+            "tier 2: floor 4000 must equal the previous cap",
+        ),
         ("mmr = 0.01, cum = 25", "mmr = 0.004, cum = 25", "tier 2: tiers are unordered"),
         ("mmr = 0.01, cum = 25", "mmr = 0.01, cum = 30", r"tier 2: cum 30 breaks cum_n"),
         ("leverage_weights = [0.5, 0.5]", "leverage_weights = [0.5, 0.6]", "must be >= 0 and sum to 1"),

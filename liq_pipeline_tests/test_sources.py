@@ -24,7 +24,9 @@ def _csv_rows(zip_path):
     return rows[1:] if not rows[0][0][:1].isdigit() else rows
 
 
-@pytest.mark.parametrize("table", ["agg_trades", "open_interest", "klines", "funding_rate", "forced_liquidations"])
+@pytest.mark.parametrize(
+    "table", ["agg_trades", "open_interest", "klines", "funding_rate", "forced_liquidations"]
+)
 def test_binance_and_local_give_the_same_table_as_the_file(archive_server, mirror, tmp_path, table):
     fmt = FORMATS[table]
     over_http = ingest(BinanceArchive(archive_server.url, tmp_path / "cache", backoff=0), fmt, "ETHUSDT", DAY)
@@ -47,8 +49,12 @@ def test_binance_and_local_give_the_same_table_as_the_file(archive_server, mirro
 
 
 def test_404_says_the_day_is_not_published(archive_server, tmp_path):
-    with pytest.raises(NotPublished, match=r"ETHUSDT aggTrades for 2030-01-01 is not published at .*\(HTTP 404\)"):
-        ingest(BinanceArchive(archive_server.url, tmp_path / "cache"), AGG_TRADES, "ETHUSDT", date(2030, 1, 1))
+    with pytest.raises(
+        NotPublished, match=r"ETHUSDT aggTrades for 2030-01-01 is not published at .*\(HTTP 404\)"
+    ):
+        ingest(
+            BinanceArchive(archive_server.url, tmp_path / "cache"), AGG_TRADES, "ETHUSDT", date(2030, 1, 1)
+        )
 
 
 def test_429_is_retried_after_the_servers_retry_after(archive_server, tmp_path):
@@ -65,13 +71,20 @@ def test_retries_give_up_with_a_clear_error(archive_server, tmp_path):
     path = "/" + METRICS.relpath("BTCUSDT", DAY)
     archive_server.failures[path] = [(418, {})] * 3
     with pytest.raises(ArchiveError, match="HTTP 418 after 3 tries"):
-        ingest(BinanceArchive(archive_server.url, tmp_path / "cache", retries=2, backoff=0), METRICS, "BTCUSDT", DAY)
+        ingest(
+            BinanceArchive(archive_server.url, tmp_path / "cache", retries=2, backoff=0),
+            METRICS,
+            "BTCUSDT",
+            DAY,
+        )
 
 
 def test_checksum_mismatch_names_the_url_and_keeps_no_file(archive_server, mirror, tmp_path):
     checksum = mirror / (AGG_TRADES.relpath("BTCUSDT", DAY) + ".CHECKSUM")
     checksum.write_text("0" * 64 + "  x.zip\n")
     cache = tmp_path / "cache"
-    with pytest.raises(ArchiveError, match=r"http://127\.0\.0\.1:\d+/.*BTCUSDT-aggTrades-2024-12-28\.zip: checksum mismatch"):
+    with pytest.raises(
+        ArchiveError, match=r"http://127\.0\.0\.1:\d+/.*BTCUSDT-aggTrades-2024-12-28\.zip: checksum mismatch"
+    ):
         ingest(BinanceArchive(archive_server.url, cache, backoff=0), AGG_TRADES, "BTCUSDT", DAY)
     assert not (cache / AGG_TRADES.relpath("BTCUSDT", DAY)).exists()

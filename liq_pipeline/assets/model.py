@@ -33,12 +33,20 @@ from liq_pipeline.symbols import load_registry
 class ModelParams(Config):
     """The model's parameters, editable in the launchpad. Empty or zero means the registry's value."""
 
-    leverage: list[int] = Field(default=[], description="Leverages, e.g. [5, 10, 25, 50, 100]; empty = registry")
+    leverage: list[int] = Field(
+        default=[], description="Leverages, e.g. [5, 10, 25, 50, 100]; empty = registry"
+    )
     leverage_weights: list[float] = Field(default=[], description="Share of new positions per leverage")
-    lookback_days: int = Field(default=DEFAULT_LOOKBACK_DAYS, description=f"Days replayed, 1..{MAX_LOOKBACK_DAYS}")
-    position_usd: float = Field(default=DEFAULT_POSITION_USD, description="Representative position (margin tier)")
+    lookback_days: int = Field(
+        default=DEFAULT_LOOKBACK_DAYS, description=f"Days replayed, 1..{MAX_LOOKBACK_DAYS}"
+    )
+    position_usd: float = Field(
+        default=DEFAULT_POSITION_USD, description="Representative position (margin tier)"
+    )
     price_bin: float = Field(default=0.0, description="Heatmap price bin; 0 = registry")
-    imbalance_tilt: float = Field(default=0.0, description="Taker-imbalance tilt of the leverage mix; 0 = off")
+    imbalance_tilt: float = Field(
+        default=0.0, description="Taker-imbalance tilt of the leverage mix; 0 = off"
+    )
     step_minutes: int = Field(default=5, description="Replay step; 5 = the open-interest resolution")
 
     def for_symbol(self, symbol: str) -> ModelConfig:
@@ -141,7 +149,9 @@ def liquidation_model(
         metadata={
             **common,
             "dagster/row_count": heat.num_rows,
-            "preview": MetadataValue.md(f"![{symbol} {day}](data:image/png;base64,{base64.b64encode(png).decode()})"),
+            "preview": MetadataValue.md(
+                f"![{symbol} {day}](data:image/png;base64,{base64.b64encode(png).decode()})"
+            ),
             "preview file": MetadataValue.path(str(preview_path)),
             "open long USD (end of day)": round(float(result.open_long_usd[-1]), 0),
             "open short USD (end of day)": round(float(result.open_short_usd[-1]), 0),
@@ -172,14 +182,17 @@ def liquidation_model(
 
     problems = model_io.invariant_failures(result, loaded.inputs)
     yield AssetCheckResult(
-        asset_key=AssetKey(HEATMAP), check_name="invariants", passed=not problems,
+        asset_key=AssetKey(HEATMAP),
+        check_name="invariants",
+        passed=not problems,
         description="; ".join(problems) or "all hold",
         metadata={"ledger": MetadataValue.json(result.ledger)},
     )
     oi = loaded.inputs.oi
     oi_moved = bool(np.nanmax(oi) > np.nanmin(oi)) if np.isfinite(oi).any() else False
     yield AssetCheckResult(
-        asset_key=AssetKey(HEATMAP), check_name="not_empty_when_oi_moved",
+        asset_key=AssetKey(HEATMAP),
+        check_name="not_empty_when_oi_moved",
         passed=heat.num_rows > 0 or not oi_moved,
         description=f"{heat.num_rows} cells; open interest {'moved' if oi_moved else 'did not move'}",
     )

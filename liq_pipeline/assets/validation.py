@@ -75,10 +75,15 @@ def validation_scores(
     forced_liquidations: LakeSlice,
 ):
     symbol, day = split_key(context.partition_key)
-    files = set(coinglass_levels.read(["file"]).column("file").to_pylist()) if coinglass_levels.present else set()
+    files = (
+        set(coinglass_levels.read(["file"]).column("file").to_pylist()) if coinglass_levels.present else set()
+    )
     truth = forced_liquidations.rows_by_day()
     df, shot_rows, notes = daily.score_day(
-        screenshot_dir(), symbol, day, files,
+        screenshot_dir(),
+        symbol,
+        day,
+        files,
         heat=liquidation_heatmap.read().to_pandas(),
         klines=klines.read().to_pandas(),
         levels=liquidation_levels.read().to_pandas(),
@@ -89,7 +94,9 @@ def validation_scores(
     horizon = daily.horizon_status(df, day, truth)
     if horizon.startswith("partial"):
         context.log.warning(f"{context.partition_key}: {horizon}")
-    upsert_jsonl(comparison_jsonl(lake.get()), [comparison_record(symbol, r["ts"], r["file"], r) for r in shot_rows])
+    upsert_jsonl(
+        comparison_jsonl(lake.get()), [comparison_record(symbol, r["ts"], r["file"], r) for r in shot_rows]
+    )
     return Output(
         pa.Table.from_pandas(df, preserve_index=False),
         metadata={

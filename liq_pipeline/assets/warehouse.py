@@ -1,6 +1,5 @@
 """The warehouse: DuckDB views over the lake, so the seed's SQL runs as written."""
 
-
 from dagster import MaterializeResult, asset
 
 from liq_pipeline.resources import LakeResource

@@ -30,7 +30,9 @@ from liq_pipeline.symbols import load_registry
 
 DEFAULT_ARCHIVE_URL = "https://data.binance.vision"
 LIQUIDATION_SNAPSHOT_LAST_DAY = date(2024, 3, 31)
-SOURCE_KEY = b"liq_source"  # raw partition's Parquet metadata: the source it came from (sample, local, binance)
+SOURCE_KEY = (
+    b"liq_source"  # raw partition's Parquet metadata: the source it came from (sample, local, binance)
+)
 
 
 class ArchiveError(RuntimeError):
@@ -236,7 +238,9 @@ class BinanceArchive:
                 "LIQ_BINANCE_ARCHIVE_URL, then run again."
             ) from exc
 
-    def _check_status(self, resp: requests.Response, url: str, symbol: str, fmt: ArchiveFormat, day: date) -> None:
+    def _check_status(
+        self, resp: requests.Response, url: str, symbol: str, fmt: ArchiveFormat, day: date
+    ) -> None:
         if resp.status_code == 404:
             raise NotPublished(_not_published(symbol, fmt, day, url))
         if resp.status_code in RETRY_STATUSES:
@@ -322,7 +326,9 @@ def extract_csv(fetched: Fetched, fmt: ArchiveFormat, symbol: str, day: date, wo
         with zipfile.ZipFile(fetched.path) as zf:
             members = [m for m in zf.namelist() if m.lower().endswith(".csv")]
             if len(members) != 1:
-                raise FormatError(f"{fetched.origin}: expected one CSV inside the zip, found {members or 'none'}")
+                raise FormatError(
+                    f"{fetched.origin}: expected one CSV inside the zip, found {members or 'none'}"
+                )
             if Path(members[0]).name != expected:
                 raise FormatError(
                     f"{fetched.origin}: the zip holds {members[0]}, not {expected}; it belongs to another "
@@ -357,7 +363,9 @@ def ingest(source: Source, fmt: ArchiveFormat, symbol: str, day: date) -> Ingest
     with tempfile.TemporaryDirectory(prefix="liq-ingest-") as tmp:
         csv_path = extract_csv(fetched, fmt, symbol, day, Path(tmp))
         parsed = parse_file(csv_path, fmt, symbol, day, origin=str(fetched.origin))
-        return Ingested(_with_source(parsed.table, source), fetched, dropped_other_day=parsed.dropped_other_day)
+        return Ingested(
+            _with_source(parsed.table, source), fetched, dropped_other_day=parsed.dropped_other_day
+        )
 
 
 def _with_source(table: pa.Table, source: Source) -> pa.Table:

@@ -94,8 +94,14 @@ def screenshot_scores(
             continue
         col = heat[heat["as_of"] == as_of]
         scores = coinglass_scores(
-            s.reading.levels, s.reading.profile, col["price"].to_numpy(), col["long_usd"].to_numpy(),
-            col["short_usd"].to_numpy(), price, price_bin, price_range=s.reading.price_range,
+            s.reading.levels,
+            s.reading.profile,
+            col["price"].to_numpy(),
+            col["long_usd"].to_numpy(),
+            col["short_usd"].to_numpy(),
+            price,
+            price_bin,
+            price_range=s.reading.price_range,
         )
         out.append({**base, **scores})
     return out
@@ -123,12 +129,24 @@ def backtest(
         full = ts + HORIZON
         end = ts if known_until is None else min(max(known_until, ts), full)
         scores = backtest_scores(
-            zones.to_dict("records"), liquidations, t0=ts, price_bin=price_bin,
+            zones.to_dict("records"),
+            liquidations,
+            t0=ts,
+            price_bin=price_bin,
             horizon_hours=(end - ts) / pd.Timedelta(hours=1),
             price_range=(float(window["low"].min()), float(window["high"].max())),
             current_price=float(zones["current_price"].iloc[0]),
         )
-        out.append({"kind": "backtest", "ts": ts, "file": None, **scores, "horizon_end": end, "complete": end >= full})
+        out.append(
+            {
+                "kind": "backtest",
+                "ts": ts,
+                "file": None,
+                **scores,
+                "horizon_end": end,
+                "complete": end >= full,
+            }
+        )
     return out
 
 
@@ -240,7 +258,9 @@ def scores_frame(rows: list[dict], symbol: str, day: date) -> pd.DataFrame:
     """The partition's scores as a table: one row per screenshot (`kind` coinglass) and per hourly backtest
     (`kind` backtest). Nested values (per-score reasons) are dropped; a score with no observations is null."""
     flat = [{k: v for k, v in r.items() if not isinstance(v, list | dict | tuple)} for r in rows]
-    df = pd.DataFrame(flat, columns=None if flat else ["kind", "ts", "file", "reason", "horizon_end", "complete"])
+    df = pd.DataFrame(
+        flat, columns=None if flat else ["kind", "ts", "file", "reason", "horizon_end", "complete"]
+    )
     for col in df.columns:
         if col in ("kind", "file", "reason", "ts", "horizon_end", "complete") or df[col].dtype != object:
             continue

@@ -27,10 +27,14 @@ def write_sample_screenshot(lake: Lake, folder: Path, symbol: str, at: datetime)
     spec = load_registry().get(symbol)
     cfg = ModelConfig.for_symbol(spec, **PEER)
     day = at.date() if at.time() != datetime.min.time() else (at - timedelta(days=1)).date()
-    slices = [lake.slice(t, symbol, [day - timedelta(days=i) for i in range(cfg.lookback_days - 1, -1, -1)])
-              for t in ("klines", "open_interest", "agg_trades")]
+    slices = [
+        lake.slice(t, symbol, [day - timedelta(days=i) for i in range(cfg.lookback_days - 1, -1, -1)])
+        for t in ("klines", "open_interest", "agg_trades")
+    ]
     loaded = model_io.load_inputs(day, cfg, *slices)
-    result = model_io.run_model(spec, cfg, loaded.inputs, keep_from=np.datetime64(at.replace(tzinfo=None) - timedelta(hours=24), "ns"))
+    result = model_io.run_model(
+        spec, cfg, loaded.inputs, keep_from=np.datetime64(at.replace(tzinfo=None) - timedelta(hours=24), "ns")
+    )
     keep = result.ts_end <= np.datetime64(at.replace(tzinfo=None), "ns")
     intensity = result.intensity()[keep]
     ts = result.ts_end[keep]
@@ -49,8 +53,12 @@ def write_sample_screenshot(lake: Lake, folder: Path, symbol: str, at: datetime)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"coinglass_{symbol.removesuffix('USDT').lower()}_m1_24hour_{at:%Y%m%d_%H%M%S}.png"
     render_screenshot(
-        path, prices=result.prices[window], times=[t.astype("datetime64[us]").item() for t in ts],
-        intensity=intensity[:, window], candles=candles, max_usd=float(intensity[:, window].max()),
+        path,
+        prices=result.prices[window],
+        times=[t.astype("datetime64[us]").item() for t in ts],
+        intensity=intensity[:, window],
+        candles=candles,
+        max_usd=float(intensity[:, window].max()),
         watermark=True,
     )
     return path
