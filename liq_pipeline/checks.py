@@ -30,10 +30,9 @@ from dagster import (
 
 from liq_pipeline import quality, staleness
 from liq_pipeline.lake import LakeSlice
+from liq_pipeline.model_io import HEATMAP
 from liq_pipeline.partitions import SYMBOL_DATE, split_key
 from liq_pipeline.resources import LakeResource
-
-HEATMAP = "liquidation_heatmap"
 
 # Per-partition check results (partitions_def on a check) are marked preview in Dagster 1.13; they are what lets
 # each date|symbol keep its own result, so use them and silence that one notice.
