@@ -118,3 +118,15 @@ tiers = "alt"
 """
     )
     return path
+
+
+def failure_message(result) -> str:
+    """The whole error chain of a failed in-process run's first failed step: the user-facing error is the cause of
+    Dagster's step wrapper."""
+    failures = result.get_step_failure_events()
+    assert failures, "expected the run to fail"
+    error, parts = failures[0].event_specific_data.error, []
+    while error is not None:
+        parts.append(error.message)
+        error = error.cause
+    return "\n".join(parts)

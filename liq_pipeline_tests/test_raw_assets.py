@@ -20,7 +20,7 @@ from liq_pipeline.resources import ArchiveSource, LakeIOManager, LakeResource
 from liq_pipeline.sources import sample
 from liq_pipeline.symbols import load_registry
 
-from .conftest import FIXTURE_DAYS
+from .conftest import FIXTURE_DAYS, failure_message
 
 DAY = FIXTURE_DAYS[-1]
 ASSETS = {a.key.path[-1]: a for a in RAW_ASSETS}
@@ -38,17 +38,6 @@ def run_raw(tables, symbol, day, **kw):
         raise_on_error=False,
         **kw,
     )
-
-
-def failure_message(result) -> str:
-    failures = result.get_step_failure_events()
-    assert failures, "expected the run to fail"
-    # The user-facing error is the cause of Dagster's step wrapper; join the whole chain.
-    error, parts = failures[0].event_specific_data.error, []
-    while error is not None:
-        parts.append(error.message)
-        error = error.cause
-    return "\n".join(parts)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from dagster import materialize
 from liq_pipeline.assets.raw import RAW_ASSETS
 from liq_pipeline.partitions import partition_key
 
-from .conftest import FIXTURE_DAYS
+from .conftest import FIXTURE_DAYS, failure_message
 from .test_checks import read_rows, resources, write_rows
 
 DAY = FIXTURE_DAYS[-1]
@@ -23,16 +23,6 @@ def run_raw(data_dir, tables, symbol="BTCUSDT"):
         resources=resources(data_dir),
         raise_on_error=False,
     )
-
-
-def failure_message(result) -> str:
-    failures = result.get_step_failure_events()
-    assert failures, "expected the run to fail"
-    error, parts = failures[0].event_specific_data.error, []
-    while error is not None:
-        parts.append(error.message)
-        error = error.cause
-    return "\n".join(parts)
 
 
 def materialization(result, table):
