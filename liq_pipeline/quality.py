@@ -26,9 +26,8 @@ class Verdict:
     passed: bool
     detail: str
     metadata: dict = field(default_factory=dict)
-    severity: str = (
-        "ERROR"  # of a failure: ERROR stops downstream assets when the check is blocking, WARN never
-    )
+    # Of a failure: ERROR stops downstream assets when the check is blocking, WARN never does.
+    severity: str = "ERROR"
 
 
 def day_start_us(day: date) -> int:
