@@ -123,8 +123,7 @@ def run_screenshot_sensor(instance: DagsterInstance, lake: Lake, symbols: list[s
     once and run what it requests, then print the BTC vs ETH report."""
     from dagster import build_sensor_context
 
-    from liq_pipeline.definitions import defs
-    from liq_pipeline.sensors import coinglass_screenshot_sensor, screenshot_dir
+    from liq_pipeline.sensors import coinglass_screenshot_sensor, rescore_scan, screenshot_dir
     from liq_pipeline.validation.report import comparison_jsonl, validation_report
     from liq_pipeline.validation.sample_screenshots import write_sample_screenshot
 
@@ -133,7 +132,22 @@ def run_screenshot_sensor(instance: DagsterInstance, lake: Lake, symbols: list[s
     print(f"\nScreenshots (a peer model drawn Coinglass-style; see README) into {folder}:")
     for symbol in symbols:
         print(f"  {write_sample_screenshot(lake, folder, symbol, at).name}")
-    requests = coinglass_screenshot_sensor(build_sensor_context(instance=instance)) or []
+    screenshots = coinglass_screenshot_sensor(build_sensor_context(instance=instance)) or []
+    if not run_requests(instance, "coinglass_screenshot_sensor", screenshots):
+        return False
+    # Each day was scored before the next day's forced liquidations existed: rescore those days as the sensor would.
+    print("\nRescoring the days scored before their next day's forced liquidations (partial_scores_sensor):")
+    if not run_requests(instance, "partial_scores_sensor", rescore_scan(lake)):
+        return False
+    print(f"\n{validation_report(lake)}")
+    print(f"Per-screenshot hit rates: {comparison_jsonl(lake)}")
+    return True
+
+
+def run_requests(instance: DagsterInstance, sensor: str, requests: list) -> bool:
+    """Run a sensor's `validation_job` requests in this process, one line each; False at the first failure."""
+    from liq_pipeline.definitions import defs
+
     job = defs.resolve_job_def("validation_job")
     for request in requests:
         result = job.execute_in_process(
@@ -143,11 +157,8 @@ def run_screenshot_sensor(instance: DagsterInstance, lake: Lake, symbols: list[s
             raise_on_error=False,
             run_config=QUIET,
         )
-        print(
-            f"  sensor -> run {result.run_id[:8]} for {request.partition_key}: {'ok' if result.success else 'FAILED'}"
-        )
+        status = "ok" if result.success else "FAILED"
+        print(f"  {sensor} -> run {result.run_id[:8]} for {request.partition_key}: {status}")
         if not result.success:
             return False
-    print(f"\n{validation_report(lake)}")
-    print(f"Per-screenshot hit rates: {comparison_jsonl(lake)}")
     return True

@@ -179,8 +179,7 @@ def horizon_status(scores: pd.DataFrame, day: date, rows_by_day: Mapping[date, i
     end = f"the archive publishes USDT-M forced liquidations up to {LIQUIDATION_SNAPSHOT_LAST_DAY} only"
     if first_missing in rows_by_day:  # present but empty after the archive's end: nothing more will come
         return f"{head}; final: {first_missing} has no forced liquidations ({end})"
-    later = f" ({end})" if first_missing > LIQUIDATION_SNAPSHOT_LAST_DAY else ""
-    return f"{head}; re-materialize after {first_missing}'s forced_liquidations is ingested{later}"
+    return f"{head}; re-materialize after {first_missing}'s forced_liquidations is ingested"
 
 
 def rescore_due(lake: Lake, symbol: str, day: date) -> pd.Timestamp | None:
