@@ -25,6 +25,10 @@ def run_demo(instance: DagsterInstance, symbols: list[str] | None = None, days: 
     print(
         f"  symbols {', '.join(symbols)}; days {sample_days[0]} .. {sample_days[-1]}; data in {lake.root.parent}"
     )
+    from liq_pipeline.sensors import screenshot_dir
+
+    # The demo drops its screenshots here after the days are built: make the folder now, as N8N's would exist.
+    screenshot_dir().mkdir(parents=True, exist_ok=True)
     if not run_partitions(instance, symbols, sample_days):
         return 1
     print_summary(lake, symbols)
@@ -32,7 +36,7 @@ def run_demo(instance: DagsterInstance, symbols: list[str] | None = None, days: 
     if not run_screenshot_sensor(instance, lake, symbols, sample_days[-1]):
         return 1
     print("\nOpen the Dagster UI on these runs:  uv run dagster dev   (then http://127.0.0.1:3000)")
-    print(f"Query the warehouse:               duckdb {lake.warehouse_path}")
+    print('Query the warehouse:               uv run liq sql "SELECT COUNT(*) FROM aggtrades_history"')
     return 0
 
 

@@ -167,26 +167,36 @@ class Lake:
 
     # --- the warehouse ---------------------------------------------------------------------------------------
 
-    def refresh_warehouse(self) -> list[str]:
-        """(Re)create the warehouse views over every table that has data. Returns the views created.
+    def refresh_warehouse(self, con: duckdb.DuckDBPyConnection | None = None) -> list[str]:
+        """(Re)create the warehouse views over every table that has data, on `con` (the `warehouse_views` asset
+        passes dagster-duckdb's connection; None opens the warehouse file here). Returns the views created.
 
         Only this function writes to the warehouse file; Dagster runs it in a pool of size 1 because DuckDB
         allows one writer process. The views glob the lake, so new partitions show up without a refresh.
         """
-        self.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
+        if con is None:
+            with self._connect_writer() as own:
+                return self.refresh_warehouse(own)
         created = []
-        with self._connect_writer() as con:
-            for view, sql in _VIEWS.items():
-                if not any((self.root / _VIEW_TABLE[view]).glob(f"*/*/{PART_FILE}")):
-                    con.execute(f"DROP VIEW IF EXISTS {view}")
-                    continue
-                con.execute(f"CREATE OR REPLACE VIEW {view} AS {sql.format(lake=self.root.as_posix())}")
-                created.append(view)
+        for view, sql in self.view_sql().items():
+            con.execute(f"CREATE OR REPLACE VIEW {view} AS {sql}")
+            created.append(view)
+        for view in _VIEWS.keys() - set(created):
+            con.execute(f"DROP VIEW IF EXISTS {view}")
         return created
 
+    def view_sql(self) -> dict[str, str]:
+        """The warehouse's views, name -> SQL over this lake, for the tables that have at least one partition."""
+        return {
+            view: sql.format(lake=self.root.as_posix())
+            for view, sql in _VIEWS.items()
+            if any((self.root / _VIEW_TABLE[view]).glob(f"*/*/{PART_FILE}"))
+        }
+
     def _connect_writer(self, wait_s: float = 60.0) -> duckdb.DuckDBPyConnection:
-        """Open the warehouse for writing. Outside Dagster's pool (two `liq backfill` processes) another writer
-        may hold the file lock for the instant of its refresh, so wait for it rather than fail."""
+        """Open the warehouse for writing outside Dagster. Another writer (two `liq backfill` processes) may hold
+        the file lock for the instant of its refresh, so wait for it rather than fail."""
+        self.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + wait_s
         while True:
             try:
@@ -199,9 +209,8 @@ class Lake:
     def connect_readonly(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with the same views: reads the lake, never takes the warehouse lock."""
         con = duckdb.connect()
-        for view, sql in _VIEWS.items():
-            if any((self.root / _VIEW_TABLE[view]).glob(f"*/*/{PART_FILE}")):
-                con.execute(f"CREATE VIEW {view} AS {sql.format(lake=self.root.as_posix())}")
+        for view, sql in self.view_sql().items():
+            con.execute(f"CREATE VIEW {view} AS {sql}")
         return con
 
 

@@ -1,10 +1,17 @@
-"""Dagster resources: where the lake is, where archive files come from, and the IO manager that joins them."""
+"""Dagster resources: where the lake is, where archive files come from, the warehouse file, and the IO manager
+that joins them."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import duckdb
 import pandas as pd
 import pyarrow as pa
 from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
 
 from liq_pipeline.lake import Lake, LakeSlice
 from liq_pipeline.partitions import split_key
@@ -27,6 +34,26 @@ class ArchiveSource(ConfigurableResource):
 
     def get(self) -> Source:
         return get_source(self.source or None)
+
+
+class WarehouseResource(DuckDBResource):
+    """dagster-duckdb's resource on the warehouse file. `database` empty means `$LIQ_DATA_DIR/warehouse.duckdb`,
+    read at run time like the lake's own path, so a test or a second data folder needs no other configuration.
+    Connections come from `DuckDBResource.get_connection` (it retries while another process holds the lock)."""
+
+    database: str = Field(default="", description="DuckDB file; empty: $LIQ_DATA_DIR/warehouse.duckdb")
+
+    @contextmanager
+    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        if self.database:
+            with super().get_connection() as con:
+                yield con
+            return
+        path = Lake.at().warehouse_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        resolved = DuckDBResource(database=str(path), connection_config=self.connection_config)
+        with resolved.get_connection() as con:
+            yield con
 
 
 class LakeIOManager(ConfigurableIOManager):

@@ -1,15 +1,36 @@
-"""The BTC vs ETH validation report over every scored day in the lake (`liq validate-report` and asset metadata)."""
+"""The BTC vs ETH validation report over every scored day in the lake (`liq validate-report` and asset metadata).
+
+Each score sits beside its naive baseline, the days each symbol covers are listed, and forced liquidations are
+counted once each: the hourly backtests' 24-hour windows overlap, so the sum of their counts would count one order
+up to 24 times."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import date, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from liq_pipeline.lake import Lake
-from liq_pipeline.validation.scores import report_markdown, summarise
+from liq_pipeline.validation.scores import NA, relative_delta_pct, summarise
 
 SCORES_TABLE = "validation_scores"
+SYMBOLS = ("BTCUSDT", "ETHUSDT")
+# metric column, label, its baseline's column (None: no baseline)
+SCORE_ROWS = (
+    ("hit_rate", "hit_rate (Coinglass levels we match)", None),
+    ("precision", "precision (our zones Coinglass shows)", None),
+    ("rank_correlation", "rank correlation of profiles", None),
+    ("precision_at_k", "precision@k (zones that saw forced liquidations)", "baseline_precision_at_k"),
+    ("recall", "recall (liquidated USD in our zones)", "baseline_recall"),
+)
+COUNT_ROWS = (
+    ("n_screenshots", "screenshots"),
+    ("n_backtests", "hourly backtests"),
+    ("distinct_liquidations", "forced liquidations (distinct)"),
+)
 
 
 def comparison_jsonl(lake: Lake) -> Path:
@@ -33,11 +54,120 @@ def all_scores(lake: Lake, extra: pd.DataFrame | None = None) -> pd.DataFrame:
     return df
 
 
-def validation_report(lake: Lake, extra: pd.DataFrame | None = None) -> str:
+def _naive_utc(values: pd.Series) -> pd.Series:
+    """Timestamps as naive UTC, the lake's convention, whether they come aware or not."""
+    ts = pd.to_datetime(values)
+    return ts.dt.tz_convert("UTC").dt.tz_localize(None) if ts.dt.tz is not None else ts
+
+
+def backtest_windows(scores: pd.DataFrame) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
+    """The union of the backtests' scored windows `(ts, horizon_end]`, as disjoint intervals in time order."""
+    if scores.empty or not {"kind", "horizon_end"} <= set(scores.columns):
+        return []  # scores written before backtests recorded their horizon: nothing to count
+    bt = scores[(scores["kind"] == "backtest") & scores["horizon_end"].notna()]
+    merged: list[list[pd.Timestamp]] = []
+    for start, end in sorted(zip(_naive_utc(bt["ts"]), _naive_utc(bt["horizon_end"]), strict=True)):
+        if end <= start:
+            continue  # nothing known after the snapshot: nothing scored
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(s, e) for s, e in merged]
+
+
+def distinct_liquidations(
+    lake: Lake, symbol: str, windows: Sequence[tuple[pd.Timestamp, pd.Timestamp]]
+) -> int:
+    """How many forced liquidation orders of `symbol` in the lake fall in any of `windows` (each counted once)."""
+    if not windows:
+        return 0
+    first, last = windows[0][0].date(), windows[-1][1].date()
+    days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    present = [d for d in days if lake.exists("forced_liquidations", symbol, d)]
+    if not present:
+        return 0
+    ts = _naive_utc(
+        lake.read("forced_liquidations", symbol, present, columns=["ts"]).column("ts").to_pandas()
+    )
+    hit = np.zeros(len(ts), dtype=bool)
+    for start, end in windows:
+        hit |= ((ts > start) & (ts <= end)).to_numpy()
+    return int(hit.sum())
+
+
+def day_ranges(days: Sequence[date]) -> str:
+    """`2024-12-26 .. 2024-12-28, 2024-12-30`: consecutive days as one range."""
+    runs: list[list[date]] = []
+    for d in sorted(set(days)):
+        if runs and d - runs[-1][1] == timedelta(days=1):
+            runs[-1][1] = d
+        else:
+            runs.append([d, d])
+    return ", ".join(str(a) if a == b else f"{a} .. {b}" for a, b in runs)
+
+
+def coverage_line(scores: pd.DataFrame, symbol: str) -> str:
+    """Which days a symbol's scores cover, and how many of its backtests reach their full 24 hours."""
+    mine = scores[scores["symbol"] == symbol] if len(scores) else scores
+    if mine.empty:
+        return f"- {symbol}: no scored day"
+    days = [pd.Timestamp(d).date() for d in mine["date"].unique()]
+    bt = mine[mine["kind"] == "backtest"]
+    complete = int(bt["complete"].astype(bool).sum()) if len(bt) and "complete" in bt.columns else 0
+    return (
+        f"- {symbol}: {day_ranges(days)} ({len(days)} day{'s' * (len(days) != 1)}); "
+        f"{complete} of {len(bt)} backtests cover their full 24 h"
+    )
+
+
+def _fmt(value, count: bool = False) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return NA
+    return f"{int(round(value)):,}" if count else f"{value:.3f}"
+
+
+def _delta(a, b) -> str:
+    d = relative_delta_pct(a, b)
+    if d is None:
+        return NA if _fmt(a) == NA or _fmt(b) == NA else "n/a (mean is 0)"
+    return f"{d:.1f} %"
+
+
+def report_table(summary: pd.DataFrame, symbols: Sequence[str] = SYMBOLS) -> str:
+    """Markdown: one line per metric, each symbol's score with its baseline beside it, and their delta in %."""
+    recs = {r["symbol"]: r for r in summary.to_dict("records")} if len(summary) else {}
+    a, b = (recs.get(s, {}) for s in symbols)
+    lines = [
+        f"| metric | {symbols[0]} | baseline | {symbols[1]} | baseline | delta % |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for col, label, base in SCORE_ROWS:
+        ba, bb = ("—", "—") if base is None else (_fmt(a.get(base)), _fmt(b.get(base)))
+        lines.append(
+            f"| {label} | {_fmt(a.get(col))} | {ba} | {_fmt(b.get(col))} | {bb} | {_delta(a.get(col), b.get(col))} |"
+        )
+    for col, label in COUNT_ROWS:
+        va, vb = a.get(col), b.get(col)
+        lines.append(f"| {label} | {_fmt(va, True)} | | {_fmt(vb, True)} | | {_delta(va, vb)} |")
+    return "\n".join(lines)
+
+
+def validation_report(lake: Lake, extra: pd.DataFrame | None = None, symbols: Sequence[str] = SYMBOLS) -> str:
     df = all_scores(lake, extra)
-    days = sorted(set(df["date"])) if len(df) else []
-    span = f"{days[0]} .. {days[-1]}" if days else "no scored days yet"
-    return f"Validation over {span}\n\n" + report_markdown(summarise(df))
+    summary = summarise(df)
+    if len(summary):
+        summary["distinct_liquidations"] = [
+            distinct_liquidations(lake, s, backtest_windows(df[df["symbol"] == s])) for s in summary["symbol"]
+        ]
+    coverage = "\n".join(coverage_line(df, s) for s in symbols)
+    return (
+        f"Validation, {symbols[0]} vs {symbols[1]}. Days scored:\n{coverage}\n\n{report_table(summary, symbols)}\n\n"
+        "Each forced-liquidation score sits beside its baseline: equally wide zones spread over the range price "
+        "travelled in the 24 h before; a score means something only when it beats it. Forced liquidations are "
+        "the distinct orders inside the backtests' 24-hour windows. delta % = |a - b| / mean(a, b) x 100. Scores "
+        "are averaged weighted by their observation counts. Target: hit_rate > 0.60.\n"
+    )
 
 
 def validate_report_cli(data_dir: str | None = None) -> int:
