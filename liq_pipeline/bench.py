@@ -129,3 +129,206 @@ def bench_model(args: argparse.Namespace) -> int:
     print(f"output tables (heatmap, levels, events):   median {t_tables:.3f} s")
     print(f"total per symbol-day: {t_model + t_load + t_tables:.2f} s (median of {args.repeat})")
     return 0
+
+
+# ---- liq bench backfill: the daemon's runs against the same partitions in process ----------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+INSTANCE_FILES = ("dagster.yaml", "workspace.yaml")  # what `export DAGSTER_HOME=$PWD` in the repository reads
+
+
+def project_folder(root: Path) -> Path:
+    """A folder laid out like the repository for the dagster commands: its dagster.yaml and workspace.yaml. Used as
+    both DAGSTER_HOME and working folder, so the instance's relative storage paths stay inside it."""
+    import shutil
+
+    root.mkdir(parents=True, exist_ok=True)
+    for name in INSTANCE_FILES:
+        shutil.copy(REPO / name, root / name)
+    with _instance_at(root) as instance:  # creates the sqlite schema once: two processes doing it race
+        instance.get_runs(limit=1)
+    return root
+
+
+def dagster_bin(name: str) -> str:
+    """The `dagster`/`dagster-daemon` command of this environment (what `uv run dagster` finds)."""
+    import sys
+
+    return str(Path(sys.executable).parent / name)
+
+
+def start_daemon(folder: Path, env: dict[str, str], log: Path):
+    """`dagster-daemon run -w workspace.yaml` in `folder` (the daemon `dagster dev` runs), in its own process group
+    so that stop_daemon ends it and its code server. Returns once its run queue has reported a heartbeat."""
+    import subprocess
+
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [dagster_bin("dagster-daemon"), "run", "-w", "workspace.yaml"],
+            cwd=folder,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 180
+    try:
+        with _instance_at(folder) as instance:
+            while "QUEUED_RUN_COORDINATOR" not in instance.get_daemon_heartbeats():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"dagster-daemon did not start; its log: {log.read_text()[-2000:]}")
+                time.sleep(0.5)
+    except BaseException:
+        stop_daemon(proc)
+        raise
+    return proc
+
+
+def stop_daemon(proc) -> None:
+    import os
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)  # the group we started: the daemon and its code server
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _instance_at(folder: Path):
+    """The instance of `folder`'s dagster.yaml, opened as the dagster commands run from `folder` open it."""
+    import os
+
+    from dagster import DagsterInstance
+    from dagster._core.instance.ref import InstanceRef
+
+    here = os.getcwd()
+    os.chdir(folder)  # the storage paths are relative to the working folder
+    try:
+        return DagsterInstance.from_ref(InstanceRef.from_dir(str(folder)))
+    finally:
+        os.chdir(here)
+
+
+def wait_for_backfill_runs(folder: Path, expected: int, timeout: float) -> list:
+    """The run records of the instance's backfill runs once `expected` of them have ended; raises on timeout."""
+    from dagster import DagsterRunStatus
+
+    ended = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+    deadline = time.monotonic() + timeout
+    with _instance_at(folder) as instance:
+        while True:
+            records = [r for r in instance.get_run_records() if "dagster/backfill" in r.dagster_run.tags]
+            if len(records) >= expected and all(r.dagster_run.status in ended for r in records):
+                return records
+            if time.monotonic() > deadline:
+                states = sorted(
+                    f"{r.dagster_run.tags.get('dagster/partition')}: {r.dagster_run.status.value}"
+                    for r in records
+                )
+                raise TimeoutError(f"{expected} backfill runs not ended after {timeout:.0f} s: {states}")
+            time.sleep(0.5)
+
+
+def _in_process_seconds(keys: list[tuple[str, date]], data_dir: Path) -> float:
+    """Wall time of daily_job over `keys` in this process, one partition after the other (what `liq backfill`
+    does), on an ephemeral instance and its own lake."""
+    import os
+
+    from dagster import DagsterInstance
+
+    from liq_pipeline.definitions import defs
+    from liq_pipeline.demo import QUIET
+    from liq_pipeline.partitions import partition_key
+
+    job = defs.resolve_job_def("daily_job")
+    os.environ["LIQ_DATA_DIR"] = str(data_dir)  # the lake resource reads it at run time
+    started = time.perf_counter()
+    with DagsterInstance.ephemeral() as instance:
+        for symbol, day in keys:
+            result = job.execute_in_process(
+                partition_key=partition_key(symbol, day),
+                instance=instance,
+                run_config=QUIET,
+                raise_on_error=False,
+            )
+            if not result.success:
+                raise RuntimeError(f"in process: {day}|{symbol} failed")
+    return time.perf_counter() - started
+
+
+def _liq_backfill_seconds(symbols: list[str], days: list[date], root: Path, env: dict[str, str]) -> float:
+    """Wall time of `liq backfill SYMBOL --start --end` for each symbol, one after the other: the same days in
+    process as a user runs them, process start and the warehouse refresh included."""
+    import subprocess
+
+    env = {**env, "DAGSTER_HOME": str(root / "home"), "LIQ_DATA_DIR": str(root / "data")}
+    (root / "home").mkdir(parents=True)
+    started = time.perf_counter()
+    for symbol in symbols:
+        subprocess.run(
+            [dagster_bin("liq"), "backfill", symbol, "--start", str(days[0]), "--end", str(days[-1])],
+            cwd=root,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+    return time.perf_counter() - started
+
+
+def bench_backfill(args: argparse.Namespace) -> int:
+    """N sample days x 2 symbols: in process, then as `dagster job backfill` runs picked up by a daemon."""
+    import os
+    import subprocess
+
+    days, symbols = list(sample.SAMPLE_DAYS[: args.days]), list(sample.SAMPLE_SYMBOLS)
+    keys = [(s, d) for d in days for s in symbols]  # days in order, as a backfill should take them
+    n = len(keys)
+    os.environ["LIQ_SOURCE"] = "sample"
+    with tempfile.TemporaryDirectory(prefix="liq-bench-backfill-") as tmp:
+        root = Path(tmp)
+        env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+        warm = _in_process_seconds(keys, root / "data-in-process")
+        cli = _liq_backfill_seconds(symbols, days, root / "liq-backfill", env)
+        folder = project_folder(root / "project")
+        env |= {"DAGSTER_HOME": str(folder), "LIQ_DATA_DIR": str(root / "data-daemon")}
+        daemon = start_daemon(folder, env, root / "daemon.log")
+        try:
+            launch = [dagster_bin("dagster"), "job", "backfill", "-w", "workspace.yaml", "-j", "daily_job"]
+            partitions = ",".join(f"{d}|{s}" for s, d in keys)
+            started = time.perf_counter()
+            subprocess.run(
+                [*launch, "--partitions", partitions, "--noprompt"],
+                cwd=folder,
+                env=env,
+                check=True,
+                capture_output=True,
+            )
+            launched = time.perf_counter() - started
+            records = wait_for_backfill_runs(folder, n, timeout=60 * n + 120)
+            total = time.perf_counter() - started
+        finally:
+            stop_daemon(daemon)
+    queued = max(r.end_time for r in records) - min(r.create_timestamp.timestamp() for r in records)
+    busy = sum(r.end_time - (r.start_time or r.end_time) for r in records) / n
+    print(
+        f"{len(days)} days x {len(symbols)} symbols = {n} partitions of daily_job, sample source; seconds per partition:"
+    )
+    print(f"  in process, `liq backfill` per symbol:    {cli / n:6.1f}")
+    print(f"  in process, warm (no process start):     {warm / n:6.1f}")
+    print(
+        f"  daemon, `dagster job backfill` to done:  {total / n:6.1f}  (the command took {launched:.1f} s to queue)"
+    )
+    print(
+        f"  daemon, first queued to last done:       {queued / n:6.1f}  (a run: {busy:.1f} s from its start event)"
+    )
+    print(
+        f"ratio daemon / `liq backfill`: {queued / cli:.2f} queued to done, {total / cli:.2f} with the command"
+    )
+    failed = [r.dagster_run.tags.get("dagster/partition") for r in records if not r.dagster_run.is_success]
+    if failed:
+        print(f"FAILED runs: {failed}")
+    return 1 if failed else 0

@@ -11,21 +11,27 @@ from pathlib import Path
 
 
 def instance():
-    """The persistent Dagster instance: `$DAGSTER_HOME` if set, else this folder's dagster.yaml and .dagster_home,
-    which is what `uv run dagster dev` run from the same folder uses, so demo runs show up in the UI."""
+    """The Dagster instance of `$DAGSTER_HOME/dagster.yaml`; with DAGSTER_HOME unset, this folder's dagster.yaml,
+    as `export DAGSTER_HOME=$PWD` gives the dagster CLI, so demo and backfill runs show up in `dagster dev`."""
     import fcntl
 
     from dagster import DagsterInstance
     from dagster._core.instance.ref import InstanceRef
 
-    home = Path(os.environ.get("DAGSTER_HOME") or Path.cwd() / ".dagster_home")
+    home = Path(os.environ.get("DAGSTER_HOME") or Path.cwd()).resolve()
+    if not os.environ.get("DAGSTER_HOME") and not (home / "dagster.yaml").is_file():
+        raise SystemExit(
+            f"no dagster.yaml in {home} and DAGSTER_HOME is unset: run liq from the liq_pipeline folder "
+            "(where dagster.yaml is), or export DAGSTER_HOME=<a folder for your own Dagster instance>"
+        )
     home.mkdir(parents=True, exist_ok=True)
     # Two `liq backfill` processes started together would both create the sqlite schema and one would fail.
-    with open(home / ".liq_instance.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if os.environ.get("DAGSTER_HOME"):
-            return DagsterInstance.get()
-        return DagsterInstance.from_ref(InstanceRef.from_dir(str(home), config_dir=str(Path.cwd())))
+    fd = os.open(home, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -57,7 +63,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return bench_api_command(args)
     from liq_pipeline import bench
 
-    return {"ingest": bench.bench_ingest, "model": bench.bench_model}[args.what](args)
+    benches = {"ingest": bench.bench_ingest, "model": bench.bench_model, "backfill": bench.bench_backfill}
+    return benches[args.what](args)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -71,6 +78,34 @@ def cmd_validate_report(args: argparse.Namespace) -> int:
     from liq_pipeline.validation.report import validate_report_cli
 
     return validate_report_cli()
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    """Run one query on the warehouse's views and print the result as a table. The views are opened on an
+    in-memory connection over the lake (`Lake.connect_readonly`), so this never waits for, or blocks, a writer."""
+    import duckdb
+    from tabulate import tabulate
+
+    from liq_pipeline.lake import Lake
+
+    lake = Lake.at()
+    with lake.connect_readonly() as con:
+        try:
+            cursor = con.execute(args.query)
+            if cursor.description is None:  # a statement without a result (SET, CREATE ...): nothing to print
+                return 0
+            columns, rows = [d[0] for d in cursor.description], cursor.fetchmany(args.max_rows + 1)
+        except duckdb.Error as exc:
+            print(f"liq sql: {str(exc).splitlines()[0]}", file=sys.stderr)
+            if not lake.view_sql():
+                print(f"The lake {lake.root} has no data yet: run `uv run liq demo` first.", file=sys.stderr)
+            else:
+                print(f"Views: {', '.join(lake.view_sql())}", file=sys.stderr)
+            return 1
+    print(tabulate(rows[: args.max_rows], headers=columns, tablefmt="psql", floatfmt=",.10g", intfmt=","))
+    if len(rows) > args.max_rows:
+        print(f"(first {args.max_rows} rows shown: add a LIMIT or --max-rows N)")
+    return 0
 
 
 def cmd_screenshot_levels(args: argparse.Namespace) -> int:
@@ -109,13 +144,21 @@ def main(argv: list[str] | None = None) -> int:
     shot.add_argument("--json", action="store_true", help="print one JSON object")
     shot.set_defaults(func=cmd_screenshot_levels)
 
+    sql = sub.add_parser(
+        "sql", help="query the warehouse views (aggtrades_history, klines_15m_history, ...) and print a table"
+    )
+    sql.add_argument("query", help="e.g. SELECT COUNT(*) FROM aggtrades_history WHERE symbol = 'ETHUSDT'")
+    sql.add_argument("--max-rows", dest="max_rows", type=int, default=100, help="rows printed at most")
+    sql.set_defaults(func=cmd_sql)
+
     report = sub.add_parser(
         "validate-report", help="BTC vs ETH: hit rate, precision@k, recall and their deltas"
     )
     report.set_defaults(func=cmd_validate_report)
 
     bench = sub.add_parser("bench", help="print speed figures")
-    bench.add_argument("what", choices=["ingest", "model", "api"])
+    bench.add_argument("what", choices=["ingest", "model", "api", "backfill"])
+    bench.add_argument("--days", type=int, default=3, help="sample days x 2 symbols (backfill)")
     bench.add_argument(
         "--trades", type=int, default=2_500_000, help="aggTrades per generated day (ingest, model)"
     )
@@ -129,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     code = args.func(args)
-    if args.command not in ("bench", "screenshot-levels"):
+    if args.command not in ("bench", "screenshot-levels", "sql"):
         print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return code
 

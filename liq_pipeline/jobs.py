@@ -1,4 +1,9 @@
-"""Jobs: what the schedule, the demo and a backfill run."""
+"""Jobs: what the schedule, the demo and a backfill run.
+
+Every job runs its steps in the run's own process (`executor=in_process_executor` in definitions.py, which also
+covers the asset backfills launched from the UI): a symbol-day's steps take seconds, and the default multiprocess
+executor started a Python process per step that imported the whole project first, several times the step's work.
+"""
 
 from dagster import AssetSelection, define_asset_job
 
