@@ -130,3 +130,14 @@ def failure_message(result) -> str:
         parts.append(error.message)
         error = error.cause
     return "\n".join(parts)
+
+
+def local_resources() -> dict:
+    """Resources for in-process runs reading the `local` mirror at $LIQ_ARCHIVE_ROOT into the lake at $LIQ_DATA_DIR."""
+    from liq_pipeline.resources import ArchiveSource, LakeIOManager, LakeResource
+
+    return {
+        "lake_io_manager": LakeIOManager(),
+        "archive": ArchiveSource(source="local"),
+        "lake": LakeResource(),
+    }

@@ -16,11 +16,10 @@ from dagster import materialize
 from liq_pipeline.assets.raw import RAW_ASSETS
 from liq_pipeline.formats import AGG_TRADES, FORMATS, METRICS
 from liq_pipeline.partitions import partition_key
-from liq_pipeline.resources import ArchiveSource, LakeIOManager, LakeResource
 from liq_pipeline.sources import sample
 from liq_pipeline.symbols import load_registry
 
-from .conftest import FIXTURE_DAYS, failure_message
+from .conftest import FIXTURE_DAYS, failure_message, local_resources
 
 DAY = FIXTURE_DAYS[-1]
 ASSETS = {a.key.path[-1]: a for a in RAW_ASSETS}
@@ -30,11 +29,7 @@ def run_raw(tables, symbol, day, **kw):
     return materialize(
         [ASSETS[t] for t in tables],
         partition_key=partition_key(symbol, day),
-        resources={
-            "lake_io_manager": LakeIOManager(),
-            "archive": ArchiveSource(source="local"),
-            "lake": LakeResource(),
-        },
+        resources=local_resources(),
         raise_on_error=False,
         **kw,
     )
@@ -216,11 +211,7 @@ def test_checks_pass_on_good_data_and_report_per_partition(local, lake):
         result = materialize(
             [*ASSETS.values(), *RAW_CHECKS],
             partition_key=partition_key(symbol, DAY),
-            resources={
-                "lake_io_manager": LakeIOManager(),
-                "archive": ArchiveSource(source="local"),
-                "lake": LakeResource(),
-            },
+            resources=local_resources(),
         )
         evaluations = result.get_asset_check_evaluations()
         assert sorted(e.check_name for e in evaluations) == ["coverage", "inside_klines", "oi_continuity"]

@@ -10,11 +10,10 @@ from dagster import materialize
 
 from liq_pipeline.assets.raw import RAW_ASSETS
 from liq_pipeline.partitions import partition_key
-from liq_pipeline.resources import ArchiveSource, LakeIOManager, LakeResource
 from liq_pipeline.validation.report import SCORES_TABLE, validation_report
 from liq_pipeline.validation.scores import summarise
 
-from .conftest import FIXTURE_DAYS, FIXTURE_SYMBOLS
+from .conftest import FIXTURE_DAYS, FIXTURE_SYMBOLS, local_resources
 
 FORCED = next(a for a in RAW_ASSETS if a.key.path[-1] == "forced_liquidations")
 
@@ -28,11 +27,7 @@ def liquidations(mirror, lake, monkeypatch):
             result = materialize(
                 [FORCED],
                 partition_key=partition_key(symbol, day),
-                resources={
-                    "lake_io_manager": LakeIOManager(),
-                    "archive": ArchiveSource(source="local"),
-                    "lake": LakeResource(),
-                },
+                resources=local_resources(),
             )
             assert result.success
     return lake

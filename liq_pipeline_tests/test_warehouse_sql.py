@@ -13,9 +13,9 @@ from liq_pipeline.assets.warehouse import warehouse_views
 from liq_pipeline.cli import main
 from liq_pipeline.definitions import defs
 from liq_pipeline.partitions import partition_key
-from liq_pipeline.resources import ArchiveSource, LakeIOManager, LakeResource
+from liq_pipeline.resources import LakeResource
 
-from .conftest import FIXTURE_DAYS
+from .conftest import FIXTURE_DAYS, local_resources
 
 SEED_QUERY = "SELECT COUNT(*) FROM aggtrades_history WHERE symbol = 'ETHUSDT'"
 ASSETS = {a.key.path[-1]: a for a in RAW_ASSETS}
@@ -29,11 +29,7 @@ def filled(mirror, lake, monkeypatch):
         result = materialize(
             [ASSETS["agg_trades"], ASSETS["klines"]],
             partition_key=partition_key("ETHUSDT", day),
-            resources={
-                "lake_io_manager": LakeIOManager(),
-                "archive": ArchiveSource(source="local"),
-                "lake": LakeResource(),
-            },
+            resources=local_resources(),
         )
         assert result.success
     return lake
