@@ -165,7 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--repeat", type=int, default=3)
     bench.add_argument("--requests", type=int, default=200, help="requests per window (api)")
     bench.add_argument(
-        "--data-dir", dest="data_dir", default=None, help="lake to serve (api; default synthetic)"
+        "--data-dir",
+        dest="data_dir",
+        default=None,
+        help="lake to read (api; default: 30 sample days the pipeline writes)",
     )
     bench.set_defaults(func=cmd_bench)
 

@@ -75,7 +75,12 @@ LIQUIDATIONS["date"] = LIQUIDATIONS["ts"].dt.date
 
 
 def _score(liquidations: pd.DataFrame | None, rows: dict, day: date = D) -> pd.DataFrame:
-    df, _, _ = score_day(
+    return _score_day(liquidations, rows, day)[0]
+
+
+def _score_day(liquidations: pd.DataFrame | None, rows: dict, day: date) -> tuple:
+    """score_day on the module's synthetic levels and klines: (scores, screenshot rows, notes)."""
+    return score_day(
         _missing_folder(),
         "BTCUSDT",
         day,
@@ -87,7 +92,6 @@ def _score(liquidations: pd.DataFrame | None, rows: dict, day: date = D) -> pd.D
         price_bin=0.1,
         liquidation_rows=rows,
     )
-    return df
 
 
 def _missing_folder() -> Path:
@@ -140,18 +144,7 @@ def test_the_same_inputs_give_the_same_scores():
 
 def test_a_day_after_the_archive_end_stays_null_with_its_reason():
     day = date(2024, 5, 1)
-    df, _, notes = score_day(
-        _missing_folder(),
-        "BTCUSDT",
-        day,
-        set(),
-        heat=pd.DataFrame(columns=["as_of"]),
-        klines=_klines(day),
-        levels=_levels(day),
-        liquidations=None,
-        price_bin=0.1,
-        liquidation_rows={day: 0},
-    )
+    df, _, notes = _score_day(None, {day: 0}, day)
     assert any("up to 2024-03-31 only" in n for n in notes)
     bt = df[df["kind"] == "backtest"]
     assert bt["precision_at_k"].isna().all() and bt["recall"].isna().all() and not bt["complete"].any()
