@@ -128,7 +128,25 @@ def bench_model(args: argparse.Namespace) -> int:
     print(f"inputs (DuckDB: bars, OI, volume profile of {len(days)} days): median {t_load:.3f} s")
     print(f"output tables (heatmap, levels, events):   median {t_tables:.3f} s")
     print(f"total per symbol-day: {t_model + t_load + t_tables:.2f} s (median of {args.repeat})")
+    print_same_step_bound(spec, loaded, result)
     return 0
+
+
+def print_same_step_bound(spec, loaded, result) -> None:
+    """How much counting every new position whose level its own step's range crossed would add to the liquidations
+    (the engine counts only those its close is through), at the default mix and at 100x alone."""
+    from liq_pipeline import model_io
+    from liq_pipeline.model import ModelConfig
+
+    at_100x = ModelConfig.for_symbol(spec, leverage=(100,), leverage_weights=(1.0,))
+    for label, res in (("default mix", result), ("100x only", model_io.run_day(spec, at_100x, loaded))):
+        deferred = sum(res.info["same_step_deferred_coins"])
+        liquidated = sum(led["liquidated"] for led in res.ledger.values())
+        share = deferred / liquidated if liquidated else float("nan")
+        print(
+            f"same-step rule, {label}: {deferred:,.1f} coins crossed only by their own step's range were left "
+            f"open, {share:.1%} of the {liquidated:,.1f} coins liquidated (the over-count of counting them)"
+        )
 
 
 # ---- liq bench backfill: the daemon's runs against the same partitions in process ----------------------------

@@ -4,7 +4,8 @@ Defaults and where they come from:
 
 - ``leverage`` / ``leverage_weights``: the registry's mix for the symbol (5/10/25/50/100x = 15/30/25/20/10 % for the
   majors, the old system's mix). Weights must be >= 0 with a positive sum; they are normalised to sum to 1.
-- ``lookback_days = 14``: a partition for day D replays D-13 .. D. Two weeks is long enough for the bulk of leveraged
+- ``lookback_days = 14``: a partition for day D replays D-13 .. D, and a position's weight in the map falls linearly
+  with its age to zero at 14 days (the engine's age weight). Two weeks is long enough for the bulk of leveraged
   perpetual positions (funding makes holding them for longer expensive) and matches the peers' default windows.
   The engine replays whatever steps it is given; the asset uses this to pick the window it reads.
 - ``position_usd = 10_000``: the representative position notional that picks the maintenance-margin tier. Binance's
@@ -64,8 +65,9 @@ class ModelConfig:
                     f"got {len(leverage)} leverages and {len(weights)} weights"
                 )
             for lev in leverage:
-                if isinstance(lev, bool) or not isinstance(lev, int) or lev < 1:
-                    raise ValueError(f"leverage must be whole numbers >= 1, got {leverage}")
+                if isinstance(lev, bool) or not isinstance(lev, int) or lev < 2:
+                    # 1x puts a long's liquidation price at or below zero: such a position is never liquidated
+                    raise ValueError(f"leverage must be whole numbers >= 2, got {leverage}")
             if len(set(leverage)) != len(leverage):
                 raise ValueError(f"leverage must not repeat a value, got {leverage}")
             if any(not math.isfinite(w) or w < 0 for w in weights):

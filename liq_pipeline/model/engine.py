@@ -1,34 +1,55 @@
 """The time-evolving liquidation model: a replay over fixed-size steps with state on a fixed liquidation-price grid.
 
-State: ``state[side, leverage, bin]`` (float64 USDT notional at entry), side 0 = long, 1 = short. Nothing else is
-carried between steps, so a step costs O(leverages x bins) whatever the history length.
+**State, in coins.** ``S[cohort, side, leverage, bin]`` (float64), side 0 = long, 1 = short: the coins (contracts)
+of open positions whose liquidation price lies in the bin, by the day they opened on (the cohort). Open interest is in
+coins, so opening, closing and the cap are done in coins and a price move alone closes nothing. A USD figure is a
+view: coins x the bin's price (the notional that would be force-sold there). Nothing else is carried between steps,
+so a step costs O(cohorts x leverages x bins) whatever the history length.
+
+**Age weight and lookback.** A replay ends at ``T`` (the end of its last step) and covers the lookback window of
+``N = lookback_days`` days before it, cut into N cohorts of one day (earlier input steps are dropped). What the map
+shows at time ``t`` weights cohort ``c`` (starting at ``t_c``, age ``a = t - t_c``) by
+``w = clip((N days - a) / (N - 1 days), 0, 1)``: a day's positions count fully for their first day, then fade
+linearly to nothing at N days, beyond what closing and liquidation remove. Every step below acts on each cohort
+alone and does not depend on the state (closing scales by the market's own fraction), and the cohort the next day's
+replay leaves out has weight 0 from that day on. So the map at ``t`` is the same whichever day's replay computes it:
+there is no seam at midnight. (With ``N = 1`` every position of the day counts fully and the map starts afresh at
+midnight.)
 
 **Grid.** Bin ``k`` is centred on ``k * price_bin`` and covers ``[(k - 1/2) * price_bin, (k + 1/2) * price_bin)``; a
 liquidation price ``LP`` lands in bin ``floor(LP / price_bin + 1/2)``. Centres are whole multiples of the bin, so they
 are the same prices on every day and every lookback. The grid spans every liquidation price the inputs can produce
-(the margin formula is linear in the entry price, so the extremes come from the lowest low and highest high at each
-leverage) plus one bin each side.
+(the margin formula is linear in the entry price) plus one bin each side.
+
+**Open interest.** A reading that is missing, not finite or <= 0 is a gap, never "everything closed". Gaps of up to
+``MAX_OI_GAP_STEPS`` are interpolated linearly (their change is spread over the gap); a longer gap (a missing metrics
+day) holds the last reading and the first reading after it opens nothing (what opened during the gap is unknown; a
+fall still closes in proportion). Leading gaps take the first reading. ``info`` counts both.
 
 **Step t** (in this order):
 
-1. *Open.* ``dOI = OI[t] - OI[t-1] > 0`` opens ``dOI * vwap_t`` USDT of longs **and** the same of shorts (``dOI`` of
-   the first step is 0: the replay starts empty, the lookback is the warm-up). Entries are spread over the step's
-   volume at price (re-bucketed to ``price_bin / 4`` with the VWAP of each bucket, clipped to the step's
-   ``[low, high]``), or put at the typical price ``(h + l + c) / 3`` when the step has no trades; each side is split
-   over the leverage mix (optionally tilted by taker imbalance), and each piece lands in the bin of its
-   isolated-margin liquidation price for the representative position size.
-2. *Consume.* The bin rule: **a long bin is liquidated when its centre is >= the step's low; a short bin when its
-   centre is <= the step's high.** So after step t no long mass sits in a bin whose centre is at or above ``low[t]``
-   and no short mass in a bin whose centre is at or below ``high[t]`` — exactly, on the returned ``prices`` array.
-   Doing this after opening also catches positions opened in this step whose level the same step's range already
-   crossed (high-leverage entries near the top of a wide candle): they count as liquidated, like older ones.
-   Each liquidated bin is an event ``(ts, side, price = bin centre, notional)``.
-3. *Close and cap.* ``dOI < 0`` closes ``|dOI| * close`` USDT on both sides in proportion to what is open (never more
-   than is open). Then each side is capped at the open-interest notional ``OI[t] * close[t]``, scaling it down in
-   proportion if needed. Both count as closed.
+1. *Consume.* **A long bin is liquidated when its centre is >= the step's low; a short bin when its centre is <= the
+   step's high.** Each liquidated bin is an event ``(ts, side, price = bin centre, notional)``, its notional the
+   weighted coins x the bin's price.
+2. *Open.* ``dOI = OI[t] - OI[t-1] > 0`` opens ``dOI`` coins of longs **and** ``dOI`` of shorts (the first step
+   compares with ``oi_start``, or opens nothing without it; the replay starts empty, the window is its warm-up). Entries are spread over the step's volume at price
+   (re-bucketed to ``price_bin / 4`` with the VWAP of each bucket, clipped to ``[low, high]``), or put at the typical
+   price ``(h + l + c) / 3`` when the step has no trades; each side is split over the leverage mix (optionally tilted
+   by taker imbalance), and each piece lands in the bin of its isolated-margin liquidation price for the
+   representative position size.
+3. *Same-step liquidations.* A position opened in this step is liquidated in it only when the step's **close** is
+   through its level (longs: bin centre >= close; shorts: <= close): the price then certainly crossed the level after
+   the entry. When only the step's low (high) crossed it, the low may have come before the entry, so it stays open
+   and the next step's range decides. (Counting those too over-counts at high leverage: `liq bench model` prints by
+   how much on the sample.)
+4. *Close.* ``dOI < 0`` closes the fraction ``-dOI / OI[t-1]`` of what is open, on both sides, in proportion.
+5. *Cap.* Each side's coins are capped at ``OI[t]``, scaling down in proportion if needed (with the rules above the
+   held coins never exceed open interest, so this only guards against float drift).
 
-The ledger per side: ``opened == open + closed + liquidated`` (to float rounding, ~1e-13 relative).
-Same inputs (same arrays, same order) give the same output bit for bit: only order-fixed numpy reductions are used.
+After step t no long mass sits in a bin whose centre is at or above ``close[t]``, nor at or above ``low[t]`` unless it
+opened in step t; the mirror holds for shorts. The ledger per side, in coins: ``opened == open + closed +
+liquidated`` (to float rounding). Same inputs (same arrays, same order) give the same output bit for bit: only
+order-fixed numpy reductions are used.
 """
 
 from __future__ import annotations
@@ -76,12 +97,14 @@ class ModelInputs:
 
     - ``ts``: step start times, datetime64 (UTC, naive) or int64 ns since the epoch; strictly increasing.
     - ``open``/``high``/``low``/``close``: the step's kline (1m klines aggregated to the step), finite and > 0.
-    - ``oi``: open interest in contracts (coins) at the **end** of the step. NaN means missing: carried forward
-      (leading NaNs take the first value).
+    - ``oi``: open interest in contracts (coins) at the **end** of the step. NaN, inf or <= 0 means missing: stored
+      as NaN, a gap the engine bridges (module docstring).
     - ``profile_step``/``profile_price``/``profile_qty`` (optional, all or none): volume at price, one row per
       (step index, price) — raw aggTrades rows or pre-aggregated buckets. Pre-aggregated buckets should carry their
       VWAP as price and be at most ``price_bin / 4`` wide. Rows outside ``[0, n_steps)`` or with qty <= 0 are ignored.
     - ``taker_buy``/``taker_sell`` (optional, both or none): taker buy / sell volume per step, for the imbalance tilt.
+    - ``oi_start`` (optional): open interest at the first step's start, so the first step can open what it added.
+      Without it the first step opens nothing.
     """
 
     ts: np.ndarray
@@ -95,6 +118,7 @@ class ModelInputs:
     profile_qty: np.ndarray | None = None
     taker_buy: np.ndarray | None = None
     taker_sell: np.ndarray | None = None
+    oi_start: float | None = None
 
     def __post_init__(self) -> None:
         ts = _as_ns(self.ts)
@@ -127,19 +151,16 @@ class ModelInputs:
                 f"step {i}: the kline must satisfy low <= open, close <= high; got o={ohlc['open'][i]} "
                 f"h={hi[i]} l={lo[i]} c={ohlc['close'][i]}"
             )
-        oi = _float_array("oi", self.oi, n)
-        finite = np.isfinite(oi)
-        if not np.any(finite):
+        oi = _float_array("oi", self.oi, n).copy()
+        # missing, not finite or <= 0: a gap (see the module docstring)
+        oi[~(np.isfinite(oi) & (oi > 0))] = np.nan
+        if not np.isfinite(oi).any():
             raise ValueError("oi (open interest) has no values: the model cannot open positions without it")
-        if np.any(oi[finite] < 0) or np.any(np.isinf(oi)):
-            raise ValueError("oi must be >= 0 (NaN marks a missing value)")
-        if not np.all(finite):
-            idx = np.where(finite, np.arange(n), 0)
-            np.maximum.accumulate(idx, out=idx)
-            first = int(np.flatnonzero(finite)[0])
-            idx[:first] = first
-            oi = oi[idx]
         put(self, "oi", oi)
+        start = self.oi_start
+        put(
+            self, "oi_start", float(start) if start is not None and np.isfinite(start) and start > 0 else None
+        )
 
         prof = (self.profile_step, self.profile_price, self.profile_qty)
         if any(p is not None for p in prof):
@@ -180,11 +201,13 @@ class ModelInputs:
 class ModelResult:
     """What one replay produces.
 
-    Heatmap (steps from ``keep_from`` on, dense): ``long_usd[i, k]`` / ``short_usd[i, k]`` is the open notional whose
-    liquidation price lies in bin ``k`` (centre ``prices[k]``) after step ``step_index[i]`` (start time ``ts[i]``).
-    ``events`` (structured array, ``EVENT_DTYPE``) are the predicted liquidations of those same steps. Per-step series
-    over the whole replay: ``last_price`` (step close), ``open_long_usd``/``open_short_usd`` (after the step),
-    ``oi_usd`` (OI x close). ``ledger`` covers the whole replay.
+    Heatmap (steps from ``keep_from`` on, dense): ``long_usd[i, k]`` / ``short_usd[i, k]`` is the age-weighted open
+    position, in USD at the bin's price, whose liquidation price lies in bin ``k`` (centre ``prices[k]``) after step
+    ``step_index[i]`` (start time ``ts[i]``). ``events`` (structured array, ``EVENT_DTYPE``) are the predicted
+    liquidations of those same steps, valued the same way. Per-step series over the replayed window: ``last_price``
+    (step close), ``open_coins[side]`` (coins held after the step, unweighted), ``open_long_usd``/``open_short_usd``
+    (those coins x close), ``oi`` (open interest in coins, gaps bridged), ``oi_usd`` (OI x close), ``opened`` (coins
+    opened per side). ``ledger`` (coins per side, plus ``liquidated_usd`` = the events' sum) covers the whole replay.
     """
 
     symbol: str
@@ -200,10 +223,22 @@ class ModelResult:
     n_steps: int
     all_ts: np.ndarray
     last_price: np.ndarray
-    open_long_usd: np.ndarray
-    open_short_usd: np.ndarray
-    oi_usd: np.ndarray
+    open_coins: np.ndarray
+    oi: np.ndarray
+    opened: np.ndarray
     info: dict = field(default_factory=dict)
+
+    @property
+    def open_long_usd(self) -> np.ndarray:
+        return self.open_coins[0] * self.last_price
+
+    @property
+    def open_short_usd(self) -> np.ndarray:
+        return self.open_coins[1] * self.last_price
+
+    @property
+    def oi_usd(self) -> np.ndarray:
+        return self.oi * self.last_price
 
     @property
     def price_bin(self) -> float:
@@ -324,13 +359,293 @@ def _leverage_weights(cfg: ModelConfig, inputs: ModelInputs) -> np.ndarray:
     return w
 
 
+MAX_OI_GAP_STEPS = (
+    12  # open-interest gaps up to an hour are interpolated; longer ones hold (module docstring)
+)
+
+
+@dataclass(frozen=True)
+class _OiPath:
+    level: np.ndarray  # coins at each step's end, gaps bridged
+    opens: np.ndarray  # coins opened per side in each step (>= 0)
+    kept: np.ndarray  # share of open positions the step's closing keeps (<= 1)
+    missing: int  # readings that were missing, not finite or <= 0
+    long_gaps: int  # gaps longer than MAX_OI_GAP_STEPS
+
+
+def _oi_path(oi: np.ndarray, oi_start: float | None, max_gap: int = MAX_OI_GAP_STEPS) -> _OiPath:
+    n = oi.size
+    ok = np.isfinite(oi)
+    idx = np.arange(n)
+    level = np.interp(idx, idx[ok], oi[ok])  # inside: linear; before the first / after the last: that reading
+    rebase = np.zeros(n, dtype=bool)
+    edges = np.diff(np.concatenate([[0], (~ok).astype(np.int8), [0]]))
+    long_gaps = 0
+    for a, e in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True):
+        if 0 < a and e < n and e - a > max_gap:
+            level[a:e] = level[
+                a - 1
+            ]  # hold; what opened meanwhile is unknown, so the step after opens nothing
+            rebase[e] = True
+            long_gaps += 1
+    before = np.concatenate([[level[0] if oi_start is None else oi_start], level[:-1]])
+    d = level - before
+    kept = np.ones(n)
+    fell = d < 0
+    kept[fell] = level[fell] / before[fell]
+    return _OiPath(level, np.where((d > 0) & ~rebase, d, 0.0), kept, int((~ok).sum()), long_gaps)
+
+
+_DAY_NS = 86_400 * 1_000_000_000
+
+
+def _window_start(ts: np.ndarray, cfg: ModelConfig) -> int:
+    """The time (ns) the lookback window starts: ``lookback_days`` before the end of the last step."""
+    return int(ts[-1]) + cfg.step_ns - cfg.lookback_days * _DAY_NS
+
+
+def _cohorts(ts: np.ndarray, cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(cohort of each step, weight[t, c] of cohort c in the map after step t): module docstring."""
+    start = _window_start(ts, cfg)
+    n_days = cfg.lookback_days
+    cohort = np.clip((ts - start) // _DAY_NS, 0, n_days - 1).astype(np.int64)
+    age = (ts + cfg.step_ns - start)[:, None] - np.arange(n_days)[None, :] * _DAY_NS
+    if n_days == 1:
+        return cohort, np.ones((ts.size, 1))  # a one-day window: today's positions at full weight
+    return cohort, np.clip((n_days * _DAY_NS - age) / ((n_days - 1) * _DAY_NS), 0.0, 1.0)
+
+
+def _slice_steps(inputs: ModelInputs, first: int) -> ModelInputs:
+    """The inputs from step ``first`` on (profile rows re-indexed)."""
+    kw = {}
+    if inputs.has_profile:
+        keep = inputs.profile_step >= first
+        kw = {
+            "profile_step": inputs.profile_step[keep] - first,
+            "profile_price": inputs.profile_price[keep],
+            "profile_qty": inputs.profile_qty[keep],
+        }
+    if inputs.taker_buy is not None:
+        kw.update(taker_buy=inputs.taker_buy[first:], taker_sell=inputs.taker_sell[first:])
+    return ModelInputs(
+        ts=inputs.ts[first:],
+        open=inputs.open[first:],
+        high=inputs.high[first:],
+        low=inputs.low[first:],
+        close=inputs.close[first:],
+        oi=inputs.oi[first:],
+        oi_start=inputs.oi[first - 1],
+        **kw,
+    )
+
+
+def _price_grid(spec: SymbolSpec, cfg: ModelConfig, inputs: ModelInputs, tier, lev: np.ndarray):
+    """(bin centres, index of the first bin): every LP the inputs can produce, plus one bin each side."""
+    b = float(cfg.price_bin)
+    extremes = np.array([inputs.low.min(), inputs.high.max()])
+    lps = np.concatenate(
+        [
+            np.ravel(
+                liquidation_price_for_notional(extremes[:, None], lev[None, :], s, tier, cfg.position_usd)
+            )
+            for s in (LONG, SHORT)
+        ]
+    )
+    k_min = math.floor(lps.min() / b + 0.5) - 1
+    nb = math.floor(lps.max() / b + 0.5) + 1 - k_min + 1
+    if nb > MAX_BINS:
+        raise ValueError(
+            f"{spec.symbol}: the liquidation-price grid would have {nb:,} bins of {b:g} (more than {MAX_BINS:,}); "
+            "use a larger price_bin"
+        )
+    decimals = max(0, math.ceil(-math.log10(b))) + 8
+    return np.round((k_min + np.arange(nb, dtype=np.float64)) * b, decimals), k_min
+
+
+@dataclass(frozen=True)
+class _Entries:
+    """New positions, one row per (entry bucket, side, leverage) flattened into state indices, sorted by step."""
+
+    step: np.ndarray  # [rows * 2 * L] step of each piece (sorted)
+    side: np.ndarray  # [rows * 2 * L] LONG or SHORT
+    bin: np.ndarray  # [rows * 2 * L] liquidation-price bin
+    flat: np.ndarray  # [rows * 2 * L] index into the flat state
+    coins: np.ndarray  # [rows * 2 * L] coins that enter the state (0 where liquidated at once)
+    instant: (
+        np.ndarray
+    )  # [rows * 2 * L] coins liquidated in their own step (the close is through their level)
+    opened: np.ndarray  # [2] coins opened per side over the replay
+    deferred: np.ndarray  # [2] coins the step's range crossed but its close did not: left to the next steps
+
+
+def _entry_rows(inputs: ModelInputs, b: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(step, price, qty) of every entry bucket: the volume profile, or the typical price of a step without trades."""
+    n, high, low, close = inputs.n_steps, inputs.high, inputs.low, inputs.close
+    if inputs.has_profile:
+        r_step, r_price, r_qty = _bucket_profile(
+            n, inputs.profile_step, inputs.profile_price, inputs.profile_qty, b / ENTRY_SUBBINS
+        )
+        r_price = np.clip(r_price, low[r_step], high[r_step])
+    else:
+        r_step, r_price, r_qty = np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0)
+    covered = np.zeros(n, dtype=bool)
+    covered[r_step] = True
+    missing = np.flatnonzero(~covered)
+    if missing.size:
+        r_step = np.concatenate([r_step, missing])
+        r_price = np.concatenate([r_price, (high[missing] + low[missing] + close[missing]) / 3.0])
+        r_qty = np.concatenate([r_qty, np.ones(missing.size)])
+        order = np.argsort(r_step, kind="stable")
+        r_step, r_price, r_qty = r_step[order], r_price[order], r_qty[order]
+    return r_step, r_price, r_qty
+
+
+def _entries(
+    cfg: ModelConfig, inputs: ModelInputs, opens: np.ndarray, tier, lev, prices, k_min, cohort
+) -> _Entries:
+    b, nb, L = float(cfg.price_bin), prices.size, lev.size
+    r_step, r_price, r_qty = _entry_rows(inputs, b)
+    step_qty = np.bincount(r_step, weights=r_qty, minlength=inputs.n_steps)
+    sel = opens[r_step] > 0
+    r_step, r_price, r_qty = r_step[sel], r_price[sel], r_qty[sel]
+    lw = _leverage_weights(cfg, inputs)
+    coins = (opens[r_step] * r_qty / step_qty[r_step])[:, None, None] * lw[r_step]  # [rows, side, leverage]
+    bins = np.empty((r_step.size, 2, L), dtype=np.int64)
+    for side in (LONG, SHORT):
+        lp = liquidation_price_for_notional(r_price[:, None], lev[None, :], side, tier, cfg.position_usd)
+        bins[:, side, :] = np.clip(np.floor(lp / b + 0.5).astype(np.int64) - k_min, 0, nb - 1)
+    # Same-step rule: liquidated at once only where the step's close is through the level.
+    close_long = np.searchsorted(prices, inputs.close, side="left")[r_step]
+    close_short = np.searchsorted(prices, inputs.close, side="right")[r_step]
+    at_once = np.empty(bins.shape, dtype=bool)
+    at_once[:, LONG, :] = bins[:, LONG, :] >= close_long[:, None]
+    at_once[:, SHORT, :] = bins[:, SHORT, :] < close_short[:, None]
+    side = np.broadcast_to(np.arange(2)[None, :, None], bins.shape)
+    low_long = np.searchsorted(prices, inputs.low, side="left")[r_step]
+    high_short = np.searchsorted(prices, inputs.high, side="right")[r_step]
+    crossed = np.empty(bins.shape, dtype=bool)
+    crossed[:, LONG, :] = bins[:, LONG, :] >= low_long[:, None]
+    crossed[:, SHORT, :] = bins[:, SHORT, :] < high_short[:, None]
+    flat = (cohort[r_step][:, None, None] * 2 + side) * (L * nb) + np.arange(L)[None, None, :] * nb + bins
+    return _Entries(
+        step=np.repeat(r_step, 2 * L),
+        side=side.reshape(-1),
+        bin=bins.reshape(-1),
+        flat=flat.reshape(-1),
+        coins=np.where(at_once, 0.0, coins).reshape(-1),
+        instant=np.where(at_once, coins, 0.0).reshape(-1),
+        opened=coins.sum(axis=(0, 2)),
+        deferred=np.where(crossed & ~at_once, coins, 0.0).sum(axis=(0, 2)),
+    )
+
+
+def _liquidate(s4: np.ndarray, side: int, lo: int, hi: int, w: np.ndarray):
+    """Zero bins [lo, hi) of one side in every cohort. Returns (coins, bins that held mass, their weighted coins)."""
+    blk = s4[:, side, :, lo:hi]
+    per_bin = blk.sum(axis=1)  # [cohort, bins]
+    total = per_bin.sum(axis=0)
+    nz = np.flatnonzero(total)
+    coins = float(total[nz].sum())
+    shown = w @ per_bin[:, nz]
+    blk[...] = 0.0
+    return coins, nz + lo, shown
+
+
+@dataclass
+class _Replay:
+    heat: np.ndarray  # [side, kept steps, bins] age-weighted coins
+    held: np.ndarray  # [side, steps] coins after each step
+    ev: list  # (step, side, bins, weighted coins) of range liquidations
+    liquidated: np.ndarray  # [2] coins
+    closed: np.ndarray  # [2] coins
+    capped: np.ndarray  # [2] coins
+
+
+def _replay(
+    inputs: ModelInputs, prices, entries: _Entries, oi: _OiPath, weight: np.ndarray, keep: int, L: int
+):
+    """Steps 1, 2, 4 and 5 of the module docstring (step 3 is precomputed in `_entries`). ``weight[t, c]`` is cohort
+    c's weight in the map after step t."""
+    n, nb, C = inputs.n_steps, prices.size, weight.shape[1]
+    s_flat = np.zeros(C * 2 * L * nb)
+    s4 = s_flat.reshape(C, 2, L, nb)
+    cut_long = np.searchsorted(prices, inputs.low, side="left")  # longs: bins with centre >= low are hit
+    cut_short = np.searchsorted(prices, inputs.high, side="right")  # shorts: bins with centre <= high are hit
+    seg = np.searchsorted(entries.step, np.arange(n + 1), side="left")
+    entered = np.zeros((2, n))
+    np.add.at(entered, (entries.side, entries.step), entries.coins)
+    out = _Replay(np.zeros((2, n - keep, nb)), np.zeros((2, n)), [], np.zeros(2), np.zeros(2), np.zeros(2))
+    held = np.zeros(2)  # coins per side, kept up to date instead of summing the state every step
+    top, bot = 0, nb  # longs live only in bins < top, shorts only in bins >= bot
+    for t in range(n):
+        if cut_long[t] < top:
+            coins, bins, shown = _liquidate(s4, LONG, int(cut_long[t]), top, weight[t])
+            held[LONG] -= coins
+            out.liquidated[LONG] += coins
+            out.ev.append((t, LONG, bins, shown))
+            top = int(cut_long[t])
+        if cut_short[t] > bot:
+            coins, bins, shown = _liquidate(s4, SHORT, bot, int(cut_short[t]), weight[t])
+            held[SHORT] -= coins
+            out.liquidated[SHORT] += coins
+            out.ev.append((t, SHORT, bins, shown))
+            bot = int(cut_short[t])
+        a, e = seg[t], seg[t + 1]
+        if e > a:
+            new, side, bins = entries.coins[a:e], entries.side[a:e], entries.bin[a:e]
+            np.add.at(s_flat, entries.flat[a:e], new)
+            held += entered[:, t]
+            lived = new > 0
+            top = max(top, int(bins[lived & (side == LONG)].max(initial=-1)) + 1)
+            bot = min(bot, int(bins[lived & (side == SHORT)].min(initial=nb)))
+        if oi.kept[t] < 1.0:
+            out.closed += held * (1.0 - oi.kept[t])
+            held *= oi.kept[t]
+            s4 *= oi.kept[t]
+        for side in (LONG, SHORT):
+            if held[side] > oi.level[t]:
+                out.capped[side] += held[side] - oi.level[t]
+                s4[:, side] *= oi.level[t] / held[side]
+                held[side] = oi.level[t]
+        out.held[:, t] = np.maximum(held, 0.0)
+        if t >= keep:
+            out.heat[:, t - keep, :] = np.tensordot(weight[t], s4.sum(axis=2), axes=1)
+    return out
+
+
+def _events(
+    run: _Replay, entries: _Entries, inputs: ModelInputs, prices, weight, cohort, keep: int
+) -> np.ndarray:
+    """Range and same-step liquidations of the kept steps, one row per (step, side, bin), in USD at the bin."""
+    nb = prices.size
+    parts_key, parts_coins = [], []
+    for t, side, bins, shown in run.ev:
+        if t >= keep and bins.size:
+            parts_key.append((t * 2 + side) * nb + bins)
+            parts_coins.append(shown)
+    hit = np.flatnonzero((entries.instant > 0) & (entries.step >= keep))
+    if hit.size:
+        step = entries.step[hit]
+        parts_key.append((step * 2 + entries.side[hit]) * nb + entries.bin[hit])
+        parts_coins.append(entries.instant[hit] * weight[step, cohort[step]])
+    if not parts_key:
+        return np.empty(0, dtype=EVENT_DTYPE)
+    keys, inv = np.unique(np.concatenate(parts_key), return_inverse=True)
+    coins = np.bincount(inv, weights=np.concatenate(parts_coins), minlength=keys.size)
+    step, side, k = keys // (2 * nb), (keys // nb) % 2, keys % nb
+    events = np.empty(keys.size, dtype=EVENT_DTYPE)
+    events["ts"] = inputs.ts.view("datetime64[ns]")[step]
+    events["side"] = side.astype(np.int8)
+    events["price"] = prices[k]
+    events["notional"] = coins * prices[k]
+    return events[events["notional"] > 0]
+
+
 def run_model(spec: SymbolSpec, config: ModelConfig, inputs: ModelInputs, *, keep_from=None) -> ModelResult:
     """Replay ``inputs`` step by step; keep heatmap snapshots and events from ``keep_from`` (a step index, a
-    datetime or a datetime64 — the first step starting at or after it; None = every step) on."""
+    datetime or a datetime64 — the first step starting at or after it; None = every step) on. Steps before the
+    lookback window that ends with the last step are dropped (``info["dropped_steps"]``)."""
     cfg = config.resolve(spec)
-    b = float(cfg.price_bin)
-    n = inputs.n_steps
-    keep = _resolve_keep_from(keep_from, inputs.ts)
     gaps = np.diff(inputs.ts)
     if np.any(gaps % cfg.step_ns):
         bad = int(np.flatnonzero(gaps % cfg.step_ns)[0])
@@ -338,205 +653,64 @@ def run_model(spec: SymbolSpec, config: ModelConfig, inputs: ModelInputs, *, kee
             f"step {bad + 1} starts {gaps[bad] / 6e10:g} min after the previous one: ts must be on a "
             f"{cfg.step_minutes}-minute grid (config.step_minutes)"
         )
+    keep = _resolve_keep_from(keep_from, inputs.ts)
+    first = int(np.searchsorted(inputs.ts, _window_start(inputs.ts, cfg), side="left"))
+    if first:
+        inputs, keep = _slice_steps(inputs, first), max(keep - first, 0)
     tier = representative_tier(spec, cfg.position_usd)
     lev = np.asarray(cfg.leverage, dtype=np.float64)
-    L = lev.size
-    high, low, close, oi = inputs.high, inputs.low, inputs.close, inputs.oi
+    prices, k_min = _price_grid(spec, cfg, inputs, tier, lev)
+    oi = _oi_path(inputs.oi, inputs.oi_start)
+    cohort, weight = _cohorts(inputs.ts, cfg)
+    entries = _entries(cfg, inputs, oi.opens, tier, lev, prices, k_min, cohort)
+    run = _replay(inputs, prices, entries, oi, weight, keep, lev.size)
+    events = _events(run, entries, inputs, prices, weight, cohort, keep)
+    return _result(spec, cfg, inputs, prices, keep, first, run, events, entries, oi, tier)
 
-    # Grid: every LP the inputs can produce (linear in the entry, so the extreme entries give the extremes).
-    extremes = np.array([low.min(), high.max()])
-    lps = np.concatenate(
-        [
-            np.ravel(
-                liquidation_price_for_notional(extremes[:, None], lev[None, :], side, tier, cfg.position_usd)
-            )
-            for side in (LONG, SHORT)
-        ]
-    )
-    k_min = math.floor(lps.min() / b + 0.5) - 1
-    k_max = math.floor(lps.max() / b + 0.5) + 1
-    nb = k_max - k_min + 1
-    if nb > MAX_BINS:
-        raise ValueError(
-            f"{spec.symbol}: the liquidation-price grid would have {nb:,} bins of {b:g} (more than {MAX_BINS:,}); "
-            "use a larger price_bin"
-        )
-    decimals = max(0, math.ceil(-math.log10(b))) + 8
-    prices = np.round((k_min + np.arange(nb, dtype=np.float64)) * b, decimals)
 
-    # Entries: volume at price per step (fallback: typical price), as rows sorted by step.
-    if inputs.has_profile:
-        r_step, r_price, r_qty = _bucket_profile(
-            n, inputs.profile_step, inputs.profile_price, inputs.profile_qty, b / ENTRY_SUBBINS
-        )
-        r_price = np.clip(r_price, low[r_step], high[r_step])
-    else:
-        r_step = np.zeros(0, dtype=np.int64)
-        r_price = r_qty = np.zeros(0)
-    covered = np.zeros(n, dtype=bool)
-    covered[r_step] = True
-    missing = np.flatnonzero(~covered)
-    if missing.size:
-        typical = (high[missing] + low[missing] + close[missing]) / 3.0
-        r_step = np.concatenate([r_step, missing])
-        r_price = np.concatenate([r_price, typical])
-        r_qty = np.concatenate([r_qty, np.ones(missing.size)])
-        order = np.argsort(r_step, kind="stable")
-        r_step, r_price, r_qty = r_step[order], r_price[order], r_qty[order]
-    r_notional = r_qty * r_price
-    step_notional = np.bincount(r_step, weights=r_notional, minlength=n)
-    step_qty = np.bincount(r_step, weights=r_qty, minlength=n)
-    vwap = step_notional / step_qty
-
-    d_oi = np.zeros(n)
-    d_oi[1:] = np.diff(oi)
-    open_usd = np.where(d_oi > 0, d_oi, 0.0) * vwap
-
-    sel = open_usd[r_step] > 0
-    r_step, r_price, r_notional = r_step[sel], r_price[sel], r_notional[sel]
-    share = r_notional / step_notional[r_step]
-    lw = _leverage_weights(cfg, inputs)
-    amt = (open_usd[r_step] * share)[:, None, None] * lw[r_step]  # [rows, side, leverage]
-    bins = np.empty((r_step.size, 2, L), dtype=np.int64)
-    for side in (LONG, SHORT):
-        lp = liquidation_price_for_notional(r_price[:, None], lev[None, :], side, tier, cfg.position_usd)
-        bins[:, side, :] = np.clip(np.floor(lp / b + 0.5).astype(np.int64) - k_min, 0, nb - 1)
-    flat = (np.arange(2)[None, :, None] * (L * nb) + np.arange(L)[None, None, :] * nb + bins).reshape(-1)
-    amt_flat = amt.reshape(-1)
-    opened = amt.sum(axis=(0, 2))
-
-    seg_a = np.searchsorted(r_step, np.arange(n), side="left")
-    seg_e = np.searchsorted(r_step, np.arange(n), side="right")
-    has_rows = seg_e > seg_a
-    long_top = np.zeros(n, dtype=np.int64)  # per step: 1 + highest long bin opened
-    short_bot = np.full(n, nb, dtype=np.int64)  # per step: lowest short bin opened
-    if r_step.size:
-        starts = seg_a[has_rows]
-        long_top[has_rows] = np.maximum.reduceat(bins[:, LONG, :].max(axis=1), starts) + 1
-        short_bot[has_rows] = np.minimum.reduceat(bins[:, SHORT, :].min(axis=1), starts)
-
-    cut_long = np.searchsorted(prices, low, side="left")  # longs: bins with centre >= low are hit
-    cut_short = np.searchsorted(prices, high, side="right")  # shorts: bins with centre <= high are hit
-    oi_usd = oi * close
-
-    state = np.zeros(2 * L * nb)
-    s3 = state.reshape(2, L, nb)
-    kept = n - keep
-    hm = np.zeros((2, kept, nb))
-    open_side = np.zeros((2, n))
-    closed = [0.0, 0.0]
-    capped = [0.0, 0.0]
-    liquidated = [0.0, 0.0]
-    ev_step: list[int] = []
-    ev_side: list[int] = []
-    ev_bin: list[np.ndarray] = []
-    ev_usd: list[np.ndarray] = []
-    top = 0  # longs live only in bins < top
-    bot = nb  # shorts live only in bins >= bot
-    two_l = 2 * L
-
-    for t in range(n):
-        # 1. open
-        if has_rows[t]:
-            a, e = seg_a[t] * two_l, seg_e[t] * two_l
-            np.add.at(state, flat[a:e], amt_flat[a:e])
-            top = max(top, int(long_top[t]))
-            bot = min(bot, int(short_bot[t]))
-        # 2. consume
-        k = int(cut_long[t])
-        if k < top:
-            blk = s3[LONG, :, k:top]
-            per_bin = blk.sum(axis=0)
-            nz = np.flatnonzero(per_bin)
-            if nz.size:
-                liquidated[LONG] += float(per_bin[nz].sum())
-                if t >= keep:
-                    ev_step.append(t)
-                    ev_side.append(LONG)
-                    ev_bin.append(nz + k)
-                    ev_usd.append(per_bin[nz])
-            blk[...] = 0.0
-            top = k
-        k = int(cut_short[t])
-        if k > bot:
-            blk = s3[SHORT, :, bot:k]
-            per_bin = blk.sum(axis=0)
-            nz = np.flatnonzero(per_bin)
-            if nz.size:
-                liquidated[SHORT] += float(per_bin[nz].sum())
-                if t >= keep:
-                    ev_step.append(t)
-                    ev_side.append(SHORT)
-                    ev_bin.append(nz + bot)
-                    ev_usd.append(per_bin[nz])
-            blk[...] = 0.0
-            bot = k
-        # 3. close (dOI < 0) and cap at the OI notional
-        cut = -d_oi[t] * close[t] if d_oi[t] < 0 else 0.0
-        cap = oi_usd[t]
-        for side in (LONG, SHORT):
-            side_state = s3[side]
-            m = float(side_state.sum())
-            if m > 0.0:
-                after_close = m - cut if cut < m else 0.0
-                target = after_close if after_close < cap else cap
-                if target < m:
-                    if target <= 0.0:
-                        side_state[...] = 0.0
-                        new = 0.0
-                    else:
-                        side_state *= target / m
-                        new = float(side_state.sum())
-                    closed[side] += m - new
-                    capped[side] += max(0.0, after_close - target)
-                    m = new
-            open_side[side, t] = m
-        if t >= keep:
-            s3.sum(axis=1, out=hm[:, t - keep, :])
-
-    all_ts = inputs.ts.view("datetime64[ns]")
-    if ev_step:
-        counts = np.array([x.size for x in ev_bin])
-        events = np.empty(int(counts.sum()), dtype=EVENT_DTYPE)
-        events["ts"] = np.repeat(all_ts[np.array(ev_step)], counts)
-        events["side"] = np.repeat(np.array(ev_side, dtype=np.int8), counts)
-        events["price"] = prices[np.concatenate(ev_bin)]
-        events["notional"] = np.concatenate(ev_usd)
-    else:
-        events = np.empty(0, dtype=EVENT_DTYPE)
-
+def _result(
+    spec, cfg, inputs, prices, keep, first, run: _Replay, events, entries: _Entries, oi: _OiPath, tier
+):
+    n = inputs.n_steps
+    instant = np.bincount(entries.side, weights=entries.instant, minlength=2)
+    liquidated = run.liquidated + instant
     ledger = {
         SIDES[s]: {
-            "opened": float(opened[s]),
-            "open": float(s3[s].sum()),
-            "closed": closed[s],
-            "liquidated": liquidated[s],
-            "closed_by_cap": capped[s],
+            "opened": float(entries.opened[s]),
+            "open": float(run.held[s, -1]),
+            "closed": float(run.closed[s] + run.capped[s]),
+            "liquidated": float(liquidated[s]),
+            "closed_by_cap": float(run.capped[s]),
         }
         for s in (LONG, SHORT)
     }
+    all_ts = inputs.ts.view("datetime64[ns]")
     return ModelResult(
         symbol=spec.symbol,
         config=cfg,
         prices=prices,
-        step_index=np.arange(keep, n),
+        step_index=first + np.arange(keep, n),
         ts=all_ts[keep:],
-        long_usd=hm[LONG],
-        short_usd=hm[SHORT],
-        close=close[keep:].copy(),
+        long_usd=run.heat[LONG] * prices,
+        short_usd=run.heat[SHORT] * prices,
+        close=inputs.close[keep:].copy(),
         events=events,
         ledger=ledger,
         n_steps=n,
         all_ts=all_ts,
-        last_price=close.copy(),
-        open_long_usd=open_side[LONG],
-        open_short_usd=open_side[SHORT],
-        oi_usd=oi_usd,
+        last_price=inputs.close.copy(),
+        open_coins=run.held,
+        oi=oi.level,
+        opened=oi.opens,
         info={
-            "bins": nb,
-            "leverages": L,
+            "bins": prices.size,
+            "leverages": len(cfg.leverage),
             "tier": {"mmr": tier.mmr, "cum": tier.cum, "floor": tier.floor, "cap": tier.cap},
-            "entry_rows": int(r_step.size),
-            "kept_steps": kept,
+            "entry_rows": int(entries.step.size // (2 * len(cfg.leverage))),
+            "kept_steps": n - keep,
+            "dropped_steps": first,
+            "oi_missing_readings": oi.missing,
+            "oi_long_gaps": oi.long_gaps,
+            "same_step_deferred_coins": entries.deferred.tolist(),
         },
     )
