@@ -108,3 +108,30 @@ def test_history_outlives_falls_of_open_interest_and_the_lookback_matters(sample
     short_end, long_end = on_prices(p_short, g_short[-1], prices), on_prices(p_long, g_long[-1], prices)
     assert long_end.sum() > short_end.sum()
     assert np.abs(long_end / long_end.sum() - short_end / short_end.sum()).sum() > 0.1
+
+
+def test_a_missing_metrics_day_is_a_gap_not_a_flat_line_and_a_jump(sample_lake, tmp_path):
+    day = MODELLED[-1]
+    gap_day = day - timedelta(days=1)
+    cfg = ModelConfig.for_symbol(BTC, lookback_days=LOOKBACK)
+    full = _loaded(sample_lake, cfg, day)
+    days = [day - timedelta(days=i) for i in reversed(range(LOOKBACK))]
+    holed = model_io.load_inputs(
+        day,
+        cfg,
+        sample_lake.slice("klines", BTC.symbol, days),
+        sample_lake.slice("open_interest", BTC.symbol, [d for d in days if d != gap_day]),
+        sample_lake.slice("agg_trades", BTC.symbol, days),
+    )
+    ts = holed.inputs.ts.view("datetime64[ns]")
+    in_gap = (ts >= np.datetime64(gap_day)) & (ts < np.datetime64(day))
+    assert in_gap.sum() == 288 and np.isnan(holed.inputs.oi[in_gap]).all()
+    assert not np.isnan(holed.inputs.oi[~in_gap][:-1]).any()
+    result = run_model(BTC, cfg, holed.inputs)
+    assert result.info["oi_long_gaps"] == 1
+    # nothing opens during the missing day nor on the step after it (what opened meanwhile is unknown) ...
+    after = int(np.flatnonzero(in_gap)[-1]) + 1
+    assert result.opened[in_gap].sum() == 0 and result.opened[after] == 0
+    # ... while with the day present those steps open positions
+    complete = run_model(BTC, cfg, full.inputs)
+    assert complete.opened[in_gap].sum() > 0
