@@ -98,6 +98,15 @@ class Lake:
     def warehouse_path(self) -> Path:
         return self.root.parent / "warehouse.duckdb"
 
+    def calibration_file(self, symbol: str) -> Path:
+        """A symbol's fitted model parameters (`liq calibrate`, `model_calibration`), read by the model."""
+        return self.root.parent / "calibration" / f"{symbol}.json"
+
+    def cache(self) -> Lake:
+        """Derived per-day tables that are cheaper to keep than to recompute (the model's volume profiles), laid out
+        like the lake under `$LIQ_DATA_DIR/cache`. Safe to delete: they are rebuilt on the next read."""
+        return Lake(root=self.root.parent / "cache")
+
     def partition_file(self, table: str, symbol: str, day: date) -> Path:
         return self.root / table / f"symbol={symbol}" / f"date={day.isoformat()}" / PART_FILE
 

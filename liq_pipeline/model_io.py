@@ -15,9 +15,11 @@ from datetime import date, datetime
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from liq_pipeline.lake import LakeSlice
 from liq_pipeline.model import ModelConfig, ModelInputs, ModelResult, hourly_levels, run_model
+from liq_pipeline.model.engine import ENTRY_SUBBINS
 from liq_pipeline.symbols import SymbolSpec
 
 # Parquet schema metadata: the parameters that produced a model table (read by the API)
@@ -25,6 +27,9 @@ from liq_pipeline.symbols import SymbolSpec
 HEATMAP, LEVELS, EVENTS = "liquidation_heatmap", "liquidation_levels", "predicted_liquidations"
 MODEL_TABLES = (HEATMAP, LEVELS, EVENTS)
 CONFIG_KEY = b"liq_model_config"
+SOURCE_KEY = (
+    b"liq_source_fingerprint"  # a cached volume profile: the agg_trades partition it was computed from
+)
 LEVEL_COLUMNS = [
     "as_of",
     "side",
@@ -113,15 +118,7 @@ def load_inputs(
         n_trades = 0
         if trades is not None and trades.present:
             started = time.perf_counter()
-            bucket = config.price_bin / 4  # the engine's own entry resolution
-            prof = con.execute(
-                f"""
-                SELECT epoch_us(ts) // {step_us} AS step, sum(price * quantity) / sum(quantity) AS vwap,
-                       sum(quantity) AS qty, count(*) AS n
-                FROM read_parquet(?) GROUP BY step, floor(price / {bucket}) ORDER BY step, vwap
-                """,
-                [_files(trades)],
-            ).fetchnumpy()
+            prof = volume_profile_days(con, trades, config.step_minutes, config.price_bin / ENTRY_SUBBINS)
             n_trades = int(prof["n"].sum())
             index = np.searchsorted(steps, prof["step"])
             known = (index < steps.size) & (steps[np.clip(index, 0, steps.size - 1)] == prof["step"])
@@ -157,6 +154,45 @@ def load_inputs(
         n_trades=n_trades,
         seconds=seconds,
     )
+
+
+PROFILE_COLUMNS = ("step", "vwap", "qty", "n")
+
+
+def volume_profile_days(
+    con: duckdb.DuckDBPyConnection, trades: LakeSlice, step_minutes: int, bucket: float
+) -> dict[str, np.ndarray]:
+    """The volume profile of the slice's days: one row per (step, price bucket) with its VWAP, quantity and trade
+    count, ordered by step then VWAP. ``step`` counts steps since the epoch.
+
+    A day's profile depends only on that day's trades, and every partition of the next ``lookback_days`` reads it, so
+    each day's is computed once and cached beside the lake (`Lake.cache`), keyed by the agg_trades partition's
+    fingerprint: a re-ingested day is recomputed."""
+    from liq_pipeline import staleness  # staleness imports this module's table names
+
+    step_us = step_minutes * 60 * 1_000_000
+    cache = trades.lake.cache()
+    name = f"volume_profile_{step_minutes}m_{bucket:.10g}"
+    parts = []
+    for day in trades.present:
+        fingerprint = staleness.partition_fingerprint(trades.lake, trades.table, trades.symbol, day)
+        path = cache.partition_file(name, trades.symbol, day)
+        if path.exists() and (pq.read_schema(path).metadata or {}).get(SOURCE_KEY) == fingerprint.encode():
+            parts.append(pq.read_table(path))
+            continue
+        table = con.sql(
+            f"""
+            SELECT epoch_us(ts) // {step_us} AS step, sum(price * quantity) / sum(quantity) AS vwap,
+                   sum(quantity) AS qty, count(*) AS n
+            FROM read_parquet($file) GROUP BY step, floor(price / {bucket}) ORDER BY step, vwap
+            """,
+            params={"file": str(trades.lake.partition_file(trades.table, trades.symbol, day))},
+        ).to_arrow_table()
+        table = table.replace_schema_metadata({SOURCE_KEY: fingerprint.encode()})
+        cache.write(name, trades.symbol, day, table)
+        parts.append(table)
+    merged = pa.concat_tables(parts) if parts else None
+    return {c: (merged[c].to_numpy() if merged else np.zeros(0)) for c in PROFILE_COLUMNS}
 
 
 def run_day(spec: SymbolSpec, config: ModelConfig, loaded: LoadedInputs) -> ModelResult:

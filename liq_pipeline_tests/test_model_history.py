@@ -4,12 +4,13 @@ interest, the lookback matters, and day D's last column runs into day D+1's firs
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from liq_pipeline import model_io
+from liq_pipeline import model_io, staleness
 from liq_pipeline.api.sample_lake import write_symbol
 from liq_pipeline.lake import Lake
 from liq_pipeline.model import ModelConfig, run_model
@@ -135,3 +136,32 @@ def test_a_missing_metrics_day_is_a_gap_not_a_flat_line_and_a_jump(sample_lake, 
     # ... while with the day present those steps open positions
     complete = run_model(BTC, cfg, full.inputs)
     assert complete.opened[in_gap].sum() > 0
+
+
+def test_each_days_volume_profile_is_computed_once_and_recomputed_when_its_trades_change(
+    sample_lake, tmp_path
+):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    lake = Lake(root=Path(shutil.copytree(sample_lake.root, tmp_path / "lake")))
+    day = MODELLED[-1]
+    cfg = ModelConfig.for_symbol(BTC, lookback_days=LOOKBACK)
+    cached = run_model(BTC, cfg, _loaded(lake, cfg, day).inputs)
+    name = f"volume_profile_5m_{cfg.price_bin / 4:.10g}"
+    profile_file = lake.cache().partition_file(name, BTC.symbol, day)
+    stamp = profile_file.stat().st_mtime_ns
+    again = run_model(BTC, cfg, _loaded(lake, cfg, day).inputs)
+    assert profile_file.stat().st_mtime_ns == stamp  # read, not recomputed
+    shutil.rmtree(lake.cache().root)  # a cache is only a cache: the same model without it
+    fresh = run_model(BTC, cfg, _loaded(lake, cfg, day).inputs)
+    assert cached.long_usd.tobytes() == again.long_usd.tobytes() == fresh.long_usd.tobytes()
+    # trades re-ingested with other content: the day's profile follows them
+    trades = lake.read("agg_trades", BTC.symbol, [day])
+    half = trades.slice(0, trades.num_rows // 2)
+    lake.write("agg_trades", BTC.symbol, day, staleness.with_fingerprint(half)[0])
+    changed = run_model(BTC, cfg, _loaded(lake, cfg, day).inputs)
+    counted = pq.read_table(profile_file)["n"].to_numpy().sum()
+    assert counted == half.num_rows
+    assert changed.long_usd.tobytes() != fresh.long_usd.tobytes()
