@@ -539,14 +539,14 @@ def _entries(
     )
 
 
-def _liquidate(s4: np.ndarray, side: int, lo: int, hi: int, w: np.ndarray):
+def _liquidate(s4: np.ndarray, side: int, lo: int, hi: int, w: np.ndarray, scale: float):
     """Zero bins [lo, hi) of one side in every cohort. Returns (coins, bins that held mass, their weighted coins)."""
     blk = s4[:, side, :, lo:hi]
     per_bin = blk.sum(axis=1)  # [cohort, bins]
     total = per_bin.sum(axis=0)
     nz = np.flatnonzero(total)
-    coins = float(total[nz].sum())
-    shown = w @ per_bin[:, nz]
+    coins = float(total[nz].sum()) * scale
+    shown = (w @ per_bin[:, nz]) * scale
     blk[...] = 0.0
     return coins, nz + lo, shown
 
@@ -574,42 +574,52 @@ def _replay(
     seg = np.searchsorted(entries.step, np.arange(n + 1), side="left")
     entered = np.zeros((2, n))
     np.add.at(entered, (entries.side, entries.step), entries.coins)
+    lived = entries.coins > 0
+    long_top = np.zeros(n, dtype=np.int64)  # per step: 1 + the highest long bin it opens
+    short_bot = np.full(n, nb, dtype=np.int64)  # per step: the lowest short bin it opens
+    is_long = lived & (entries.side == LONG)
+    is_short = lived & (entries.side == SHORT)
+    np.maximum.at(long_top, entries.step[is_long], entries.bin[is_long] + 1)
+    np.minimum.at(short_bot, entries.step[is_short], entries.bin[is_short])
     out = _Replay(np.zeros((2, n - keep, nb)), np.zeros((2, n)), [], np.zeros(2), np.zeros(2), np.zeros(2))
     held = np.zeros(2)  # coins per side, kept up to date instead of summing the state every step
+    # Closing and the cap scale a whole side, so the state is stored divided by a per-side scale: O(1) per close.
+    scale = np.ones(2)
     top, bot = 0, nb  # longs live only in bins < top, shorts only in bins >= bot
     for t in range(n):
         if cut_long[t] < top:
-            coins, bins, shown = _liquidate(s4, LONG, int(cut_long[t]), top, weight[t])
+            coins, bins, shown = _liquidate(s4, LONG, int(cut_long[t]), top, weight[t], scale[LONG])
             held[LONG] -= coins
             out.liquidated[LONG] += coins
             out.ev.append((t, LONG, bins, shown))
             top = int(cut_long[t])
         if cut_short[t] > bot:
-            coins, bins, shown = _liquidate(s4, SHORT, bot, int(cut_short[t]), weight[t])
+            coins, bins, shown = _liquidate(s4, SHORT, bot, int(cut_short[t]), weight[t], scale[SHORT])
             held[SHORT] -= coins
             out.liquidated[SHORT] += coins
             out.ev.append((t, SHORT, bins, shown))
             bot = int(cut_short[t])
         a, e = seg[t], seg[t + 1]
         if e > a:
-            new, side, bins = entries.coins[a:e], entries.side[a:e], entries.bin[a:e]
-            np.add.at(s_flat, entries.flat[a:e], new)
+            np.add.at(s_flat, entries.flat[a:e], entries.coins[a:e] / scale[entries.side[a:e]])
             held += entered[:, t]
-            lived = new > 0
-            top = max(top, int(bins[lived & (side == LONG)].max(initial=-1)) + 1)
-            bot = min(bot, int(bins[lived & (side == SHORT)].min(initial=nb)))
+            top = max(top, int(long_top[t]))
+            bot = min(bot, int(short_bot[t]))
         if oi.kept[t] < 1.0:
             out.closed += held * (1.0 - oi.kept[t])
             held *= oi.kept[t]
-            s4 *= oi.kept[t]
+            scale *= oi.kept[t]
         for side in (LONG, SHORT):
             if held[side] > oi.level[t]:
                 out.capped[side] += held[side] - oi.level[t]
-                s4[:, side] *= oi.level[t] / held[side]
+                scale[side] *= oi.level[t] / held[side]
                 held[side] = oi.level[t]
+            if scale[side] < 1e-150:  # fold the scale back in long before it could underflow
+                s4[:, side] *= scale[side]
+                scale[side] = 1.0
         out.held[:, t] = np.maximum(held, 0.0)
         if t >= keep:
-            out.heat[:, t - keep, :] = np.tensordot(weight[t], s4.sum(axis=2), axes=1)
+            out.heat[:, t - keep, :] = np.tensordot(weight[t], s4.sum(axis=2), axes=1) * scale[:, None]
     return out
 
 
