@@ -10,7 +10,7 @@ from dagster import DagsterInstance, materialize
 
 from liq_pipeline.assets.validation import coinglass_levels
 from liq_pipeline.partitions import partition_key
-from liq_pipeline.resources import LakeIOManager
+from liq_pipeline.resources import LakeIOManager, LakeResource
 
 from .conftest import FIXTURE_DAYS
 
@@ -32,7 +32,7 @@ def test_a_missing_screenshot_folder_is_warned_once_per_process(lake, tmp_path, 
             result = materialize(
                 [coinglass_levels],
                 partition_key=partition_key("ETHUSDT", day),
-                resources={"lake_io_manager": LakeIOManager()},
+                resources={"lake_io_manager": LakeIOManager(), "lake": LakeResource()},
                 instance=instance,
             )
             assert result.success

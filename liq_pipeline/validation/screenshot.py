@@ -17,6 +17,19 @@
    centroid of their upper half; USD = intensity x the colour bar's max label when that was read.
 
 Anything that is not a heatmap screenshot raises `NotAHeatmapError` with a one-line reason.
+
+Real captures are cropped, scaled and JPEG-compressed, and a crop through the price labels turns "113000" into
+"11300": every label loses a digit, they still fit a perfect line, and every level comes out ten times too low.
+So the reader refuses, with `UnreliableReadingError` (a NotAHeatmapError) naming the file, the reason and what to do,
+whenever the evidence for its price axis is weak:
+
+- a price label touches the image's right edge (`refuse_cut_labels`); labels touching the top or bottom edge are
+  only left out of the fit;
+- a label is a power of ten off the line through the others, or only a minority of the labels agree on the line, or
+  the agreeing labels are bunched in a small part of the plot's height (`check_labels`);
+- given klines, the prices traded over the chart's window lie outside the plot's price range by more than a few
+  percent (`check_against_klines`, `cross_check`). `coinglass_levels` and the validation job apply it with the
+  lake's klines; `liq screenshot-levels FILE --symbol S` applies it on request.
 """
 
 from __future__ import annotations
@@ -26,7 +39,7 @@ import math
 import re
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,11 +48,31 @@ import cv2
 import numpy as np
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from liq_pipeline.symbols import Registry
+
+
+RECAPTURE = "re-capture the page with the whole price axis visible (no crop at the right edge), as PNG"
+RECAPTURE_SHARP = "re-capture the page at full size with the whole price axis visible, as PNG (not JPEG)"
 
 
 class NotAHeatmapError(ValueError):
     """The image is not a readable Coinglass liquidation heatmap. The message is a one-line reason."""
+
+
+class UnreliableReadingError(NotAHeatmapError):
+    """The image is a heatmap, but the evidence says its price axis may be read wrong (labels cut at the edge,
+    digits that disagree, too few labels that agree, or prices the klines never traded). The reading is refused
+    rather than returned: its levels could all be off by a factor. The message is one line naming the file, the
+    reason and what to do. A subclass of NotAHeatmapError, so every caller that skips unreadable screenshots skips
+    these too."""
+
+    def __init__(self, path: str | Path, reason: str, advice: str = RECAPTURE):
+        self.path = Path(path)
+        self.reason = reason
+        self.advice = advice
+        super().__init__(f"{self.path.name}: unreliable reading: {reason}; {advice}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -121,6 +154,9 @@ class PriceLabel:
     text: str  # as OCR read it
     value: float | None  # parsed number, None if not a number
     inlier: bool = False
+    box: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 (exclusive) of the glyphs in the image
+    # "right", "top" or "bottom" when the glyphs (nearly) touch that side of the image
+    edge: str | None = None
 
 
 @dataclass(frozen=True)
@@ -416,6 +452,11 @@ def _text_lines(gray: np.ndarray, min_h: int = 5, max_h: int = 60) -> list[_Text
     return lines
 
 
+# The recogniser scales every line to 48 px high with a plain bilinear resize; from small text that blurs
+# neighbouring zeros together ("100000" read "10000" at 60 % scale). A cubic resize to this height first avoids it.
+SMALL_TEXT_PX = 32
+
+
 def _line_crops(rgb_crop: np.ndarray, lines: list[_TextLine]) -> list[np.ndarray]:
     gray = cv2.cvtColor(rgb_crop, cv2.COLOR_RGB2GRAY)
     if np.median(gray) < 128:  # the recogniser reads dark text on light paper best
@@ -426,13 +467,18 @@ def _line_crops(rgb_crop: np.ndarray, lines: list[_TextLine]) -> list[np.ndarray
         ya, yb = max(0, ln.y0 - pad), min(gray.shape[0], ln.y1 + pad)
         xa, xb = max(0, ln.x0 - pad), min(gray.shape[1], ln.x1 + pad)
         crop = gray[ya:yb, xa:xb]
+        if crop.shape[0] < SMALL_TEXT_PX:  # small text (a downscaled capture): enlarge it smoothly first
+            f = SMALL_TEXT_PX / crop.shape[0]
+            crop = cv2.resize(crop, None, fx=f, fy=f, interpolation=cv2.INTER_CUBIC)
         crop = cv2.copyMakeBorder(crop, 4, 4, 6, 6, cv2.BORDER_REPLICATE)
         crops.append(cv2.cvtColor(crop, cv2.COLOR_GRAY2BGR))
     return crops
 
 
 def _fit_axis(labels: list[PriceLabel], tol_px: float = 2.5) -> tuple[PriceAxis, list[PriceLabel]]:
-    pts = [(lb.row, lb.value) for lb in labels if lb.value is not None]
+    """The robust line through the labels that are numbers and do not touch the image's edge."""
+    usable = [lb.value is not None and lb.edge is None for lb in labels]
+    pts = [(lb.row, lb.value) for lb, ok in zip(labels, usable) if ok]
     if len(pts) < 3:
         raise NotAHeatmapError(f"only {len(pts)} price labels read right of the plot; need at least 3")
     rows = np.array([p[0] for p in pts])
@@ -466,11 +512,89 @@ def _fit_axis(labels: list[PriceLabel], tol_px: float = 2.5) -> tuple[PriceAxis,
         n_inliers=int(inl.sum()),
     )
     flags = iter(inl.tolist())
-    marked = [
-        PriceLabel(lb.row, lb.text, lb.value, bool(next(flags)) if lb.value is not None else False)
-        for lb in labels
-    ]
+    marked = [replace(lb, inlier=bool(next(flags)) if ok else False) for lb, ok in zip(labels, usable)]
     return axis, marked
+
+
+# Evidence thresholds. A refused reading costs one screenshot; a wrong one silently corrupts every score of the day,
+# so each threshold leans towards refusing.
+# A label cut in the gap between two digits ends a gap (1-2 px) before the edge; cut inside a digit it touches it.
+# 0.6 x the glyphs' height (most of a digit's width) covers both, with room for JPEG ringing and blur.
+EDGE_FRACTION = 0.6
+# "113000" read as "11300" is exactly 10x off the line; dropping a non-zero last digit moves it < 1 %. A random
+# misread lands within 4 % of a power of ten about 3 % of the time: rare, and then refused, never wrong.
+POWER_OF_TEN_TOL = 0.04
+# The axis is extrapolated from the labels to the plot's edges: labels bunched in a small part of the height
+# (or a line that only a minority of the labels agree with) are no evidence of the axis's scale.
+MIN_LABEL_SPAN = 0.4
+MIN_INLIER_SHARE = 0.5
+
+
+def _edge_of(box: tuple[int, int, int, int], right_end: int, height: int, margin: int) -> str | None:
+    """Which side of the image (or of the label column, `right_end`) the glyph box (nearly) touches, if any."""
+    x0, y0, x1, y1 = box
+    if x1 >= right_end - margin:
+        return "right"
+    if y0 <= margin:
+        return "top"
+    if y1 >= height - margin:
+        return "bottom"
+    return None
+
+
+def refuse_cut_labels(path: str | Path, labels: list[PriceLabel]) -> None:
+    """Refuse (UnreliableReadingError) when a price label touches the right edge. Labels are left-aligned and about
+    equally long, so the crop that cut one may have cut a digit off the others too, and "113000" -> "11300",
+    "112000" -> "11200" ... fit a perfect line ten times too low."""
+    cut = [lb for lb in labels if lb.edge == "right"]
+    if cut:
+        texts = ", ".join(repr(lb.text) for lb in cut[:3]) + (", ..." if len(cut) > 3 else "")
+        raise UnreliableReadingError(
+            path,
+            f"{len(cut)} price label(s) touch the image's right edge ({texts}), so digits may be cut off",
+        )
+
+
+def check_labels(
+    path: str | Path, labels: list[PriceLabel], axis: PriceAxis, plot: tuple[int, int, int, int]
+) -> None:
+    """Refuse (UnreliableReadingError) a price axis the labels do not support. Labels come marked by `_fit_axis`.
+
+    - a label a power of ten off the line through the others: a digit was dropped or added somewhere, so the
+      labels' digit counts disagree and the line may be the wrong one;
+    - a line only a minority of the labels agree with, or labels bunched in a small part of the plot's height.
+    """
+    for lb in labels:
+        if lb.inlier or lb.value is None or lb.value <= 0 or lb.edge is not None:
+            continue
+        on_line = float(axis.price_at(lb.row))
+        if on_line <= 0:
+            continue
+        k = round(math.log10(lb.value / on_line))
+        if k != 0 and abs(lb.value / on_line / 10.0**k - 1) <= POWER_OF_TEN_TOL:
+            raise UnreliableReadingError(
+                path,
+                f"price label {lb.text!r} is {10.0 ** abs(k):g}x {'above' if k > 0 else 'below'} the line through "
+                f"the other labels ({_fmt_price(on_line)} there): their digit counts disagree",
+                RECAPTURE_SHARP,
+            )
+    inliers = [lb for lb in labels if lb.inlier]
+    usable = [lb for lb in labels if lb.value is not None and lb.edge is None]
+    if len(inliers) < MIN_INLIER_SHARE * len(usable):
+        raise UnreliableReadingError(
+            path,
+            f"only {len(inliers)} of {len(usable)} price labels agree on one linear axis",
+            RECAPTURE_SHARP,
+        )
+    rows = [lb.row for lb in inliers]
+    span = (max(rows) - min(rows)) / max(1, plot[3] - plot[1])
+    if span < MIN_LABEL_SPAN:
+        raise UnreliableReadingError(
+            path,
+            f"the {len(inliers)} price labels that agree span only {span:.0%} of the plot's height "
+            f"(need {MIN_LABEL_SPAN:.0%})",
+            RECAPTURE_SHARP,
+        )
 
 
 def _find_peaks(
@@ -596,14 +720,20 @@ def read_screenshot(
     texts = _recognise(
         _line_crops(label_crop, lines) + (_line_crops(max_crop, max_lines) if max_lines else [])
     )
-    labels = [
-        PriceLabel(row=ln.row + cy0, text=t, value=parse_price_label(t)) for ln, (t, _s) in zip(lines, texts)
-    ]
+    labels = []
+    for ln, (t, _s) in zip(lines, texts):
+        box = (ln.x0 + cx0, ln.y0 + cy0, ln.x1 + cx0, ln.y1 + cy0)
+        near = max(3, round(EDGE_FRACTION * (ln.y1 - ln.y0)))
+        labels.append(
+            PriceLabel(ln.row + cy0, t, parse_price_label(t), box=box, edge=_edge_of(box, cx1, h, near))
+        )
     max_text = texts[len(lines)][0] if max_lines and len(texts) > len(lines) else None
     max_usd = parse_usd_label(max_text) if max_text else None
 
-    # (3) pixel row -> price
+    # (3) pixel row -> price, and whether the labels are evidence enough for it
+    refuse_cut_labels(path, labels)
     axis, labels = _fit_axis(labels)
+    check_labels(path, labels, axis, plot)
 
     # (4b, 5) intensity profile at the newest columns
     # Per pixel row, the `n_cols` rightmost on-palette pixels; where a tooltip hides the newest columns of a row,
@@ -664,6 +794,90 @@ def read_screenshot(
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Cross-check against the klines
+
+# How far (a share of the price) the klines may trade outside the plot's price range. Coinglass scales the plot to
+# hold the window's candles, so an axis read right contains them; a few percent absorbs a window that is not
+# exactly ours (hourly candles, capture a few minutes late). An axis off by a digit is off by 90 % or 900 %.
+KLINES_TOLERANCE = 0.03
+_WINDOW_RE = re.compile(r"^(\d+)(hour|h|day|d)$")
+
+
+def window_hours(timeframe: str, cap: float = 24.0) -> float:
+    """The hours a screenshot's chart covers, from its name's timeframe ("24hour" -> 24, "12hour" -> 12), at
+    most `cap`. Unknown timeframes give `cap`: a window shorter than the chart's only makes the check weaker,
+    never wrong, since the candles of part of the chart lie inside the plot too."""
+    m = _WINDOW_RE.match(timeframe.lower())
+    if not m:
+        return cap
+    hours = float(m[1]) * (24 if m[2] in ("day", "d") else 1)
+    return min(hours, cap) if hours > 0 else cap
+
+
+def klines_range(
+    klines: pd.DataFrame, captured_at: datetime, hours: float = 24.0
+) -> tuple[float, float] | None:
+    """(lowest low, highest high) of the klines that opened in the `hours` before `captured_at`; None if none.
+
+    `klines` has the lake's columns `open_time` (UTC, naive), `low`, `high`."""
+    import pandas as pd
+
+    if klines is None or len(klines) == 0:
+        return None
+    end = pd.Timestamp(captured_at.astimezone(UTC).replace(tzinfo=None))
+    times = pd.to_datetime(klines["open_time"])
+    ok = (klines["low"] > 0) & (klines["high"] >= klines["low"])  # a bad row is no evidence either way
+    inside = klines[(times >= end - pd.Timedelta(hours=hours)) & (times < end) & ok]
+    if inside.empty:
+        return None
+    return float(inside["low"].min()), float(inside["high"].max())
+
+
+def check_against_klines(
+    reading: ScreenshotReading,
+    low: float,
+    high: float,
+    *,
+    what: str = "the klines",
+    tolerance: float = KLINES_TOLERANCE,
+) -> None:
+    """Refuse (UnreliableReadingError) a reading whose price axis disagrees with what the market traded.
+
+    `low`, `high`: the klines' range over the chart's window before the capture. It must lie inside the plot's
+    price range widened by `tolerance` x the klines' mid price. A pure function: no I/O."""
+    if not (0 < low <= high):
+        raise ValueError(f"klines range must satisfy 0 < low <= high, got {low}, {high}")
+    plot_low, plot_high = reading.price_range
+    mid = (low + high) / 2
+    pad = tolerance * mid
+    if low >= plot_low - pad and high <= plot_high + pad:
+        return
+    outside = max(plot_low - low, high - plot_high) / mid
+    raise UnreliableReadingError(
+        reading.path,
+        f"its price axis reads {_fmt_price(plot_low)} - {_fmt_price(plot_high)} but {what} traded "
+        f"{_fmt_price(low)} - {_fmt_price(high)}, {outside:.0%} of the price outside it (tolerance {tolerance:.0%})",
+        "check the symbol and capture time in the file name, or " + RECAPTURE,
+    )
+
+
+def cross_check(reading: ScreenshotReading, name: ScreenshotName, klines: pd.DataFrame | None) -> str | None:
+    """Check `reading` against `klines` (the lake's 1m klines of `name.symbol` around the capture) when they cover
+    the chart's window; raises UnreliableReadingError if they disagree. Returns None when checked, else a one-line
+    note saying why not (no klines there), so a caller can say that the axis was not cross-checked."""
+    hours = window_hours(name.timeframe)
+    span = klines_range(klines, name.captured_at, hours) if klines is not None else None
+    when = f"{name.captured_at:%Y-%m-%d %H:%M} UTC"
+    if span is None:
+        return (
+            f"{reading.path.name}: no {name.symbol} klines in the {hours:g} h before {when}: "
+            "price axis not cross-checked"
+        )
+    check_against_klines(reading, *span, what=f"{name.symbol} in the {hours:g} h before {when}")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # CLI
 
 
@@ -672,14 +886,63 @@ def _fmt_price(p: float) -> str:
     return f"{p:,.{min(decimals, 6)}f}"
 
 
-def screenshot_levels_cli(path: str | Path, as_json: bool = False) -> int:
-    """`liq screenshot-levels FILE [--json]`: print the levels read from a screenshot. 0 = ok, 2 = not a heatmap."""
-    path = Path(path)
+def lake_klines(data_dir: str | Path | None, symbol: str, captured_at: datetime) -> pd.DataFrame | None:
+    """The lake's 1m klines of `symbol` on the capture day and the day before (what a 24 h window needs), or None
+    when the lake under `data_dir` (default: LIQ_DATA_DIR, else ./data) has neither day."""
+    from datetime import timedelta
+
+    from liq_pipeline.lake import Lake
+
+    day = captured_at.astimezone(UTC).date()
+    part = Lake.at(data_dir).slice("klines", symbol, [day - timedelta(days=1), day])
+    return part.read(["open_time", "low", "high"]).to_pandas() if part.present else None
+
+
+def _cli_symbol(symbol: str, path: Path) -> tuple[str, ScreenshotName]:
+    """The registry symbol of `--symbol` ("btc" and "BTCUSDT" both work) and the file's name with that symbol."""
+    from liq_pipeline.symbols import validate_symbol
+
+    sym = symbol.strip().upper()
+    sym = validate_symbol(sym if sym.endswith("USDT") else sym + "USDT").symbol
     try:
+        name = parse_screenshot_name(path)
+    except ValueError as exc:
+        raise ValueError(f"--symbol needs the capture time from the file name: {exc}") from exc
+    return sym, ScreenshotName(sym, name.model, name.timeframe, name.captured_at)
+
+
+def screenshot_levels_cli(
+    path: str | Path,
+    as_json: bool = False,
+    symbol: str | None = None,
+    data_dir: str | Path | None = None,
+) -> int:
+    """`liq screenshot-levels FILE [--json] [--symbol S [--data-dir D]]`: print the levels read from a screenshot.
+
+    With `symbol`, the price axis is cross-checked against the lake's klines of that symbol (lake under `data_dir`,
+    default LIQ_DATA_DIR, else ./data) over the chart's window before the capture time in the file name. Exit 0 =
+    ok, 1 = bad arguments, 2 = not a heatmap, 3 = refused (unreliable reading: the reason says what to do)."""
+    path = Path(path)
+    note = None
+    try:
+        checking = _cli_symbol(symbol, path) if symbol else None
         reading = read_screenshot(path)
+        if checking:
+            note = cross_check(
+                reading, checking[1], lake_klines(data_dir, checking[0], checking[1].captured_at)
+            )
+    except UnreliableReadingError as exc:
+        print(f"{path}: refused, unreliable reading: {exc.reason}; {exc.advice}", file=sys.stderr)
+        return 3
     except NotAHeatmapError as exc:
         print(f"{path}: not a Coinglass heatmap: {exc}", file=sys.stderr)
         return 2
+    except ValueError as exc:  # a bad --symbol or a file name without the capture time
+        print(f"{path}: {exc}", file=sys.stderr)
+        return 1
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
+    checked = "off" if not symbol else "no klines" if note else "klines agree"
     try:
         name: ScreenshotName | None = parse_screenshot_name(path)
     except ValueError:
@@ -693,6 +956,7 @@ def screenshot_levels_cli(path: str | Path, as_json: bool = False) -> int:
                 "timeframe": name.timeframe,
                 "captured_at": name.captured_at.isoformat(),
             }
+        out["cross_check"] = checked
         print(json.dumps(out))
         return 0
     low, high = reading.price_range
@@ -705,6 +969,10 @@ def screenshot_levels_cli(path: str | Path, as_json: bool = False) -> int:
     print(
         f"  price axis  {_fmt_price(low)} - {_fmt_price(high)}  ({ax.n_inliers}/{ax.n_labels} labels fit, "
         f"residual {ax.residual:.2f} px)"
+    )
+    print(
+        f"  cross-check {checked}"
+        + (" (give --symbol to check the price axis against the lake's klines)" if checked == "off" else "")
     )
     print(f"  colour max  {reading.colorbar_max_text or 'unread'}")
     print(f"  levels      {len(reading.levels)} (strongest first)")
