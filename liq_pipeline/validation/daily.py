@@ -12,11 +12,19 @@ import pandas as pd
 
 from liq_pipeline.lake import Lake
 from liq_pipeline.sources.archive import LIQUIDATION_SNAPSHOT_LAST_DAY
-from liq_pipeline.validation.scores import DEFAULT_HORIZON_HOURS, backtest_scores, coinglass_scores
+from liq_pipeline.validation.scores import (
+    DEFAULT_HORIZON_HOURS,
+    backtest_scores,
+    coinglass_scores,
+    hourly_liquidation_scores,
+    reached_price_recall,
+)
 from liq_pipeline.validation.screenshot import (
     NotAHeatmapError,
     ScreenshotName,
     ScreenshotReading,
+    UnreliableReadingError,
+    cross_check,
     parse_screenshot_name,
     read_screenshot,
 )
@@ -33,8 +41,13 @@ class Screenshot:
     reading: ScreenshotReading
 
 
-def read_day(folder: Path, symbol: str, day: date) -> tuple[list[Screenshot], list[str]]:
-    """Every readable screenshot of `symbol` captured on `day` in `folder`, and why the others were skipped."""
+def read_day(
+    folder: Path, symbol: str, day: date, klines: pd.DataFrame | None = None
+) -> tuple[list[Screenshot], list[str]]:
+    """Every readable screenshot of `symbol` captured on `day` in `folder`, and why the others were skipped.
+
+    With `klines` (the day's and the previous day's 1m klines), a screenshot whose price axis disagrees with the
+    prices traded over its chart's window is skipped too (`cross_check`); one with no klines there is kept."""
     shots, skipped = [], []
     if not folder.is_dir():
         return shots, [f"{folder}: screenshot folder does not exist (set LIQ_SCREENSHOT_DIR)"]
@@ -46,7 +59,12 @@ def read_day(folder: Path, symbol: str, day: date) -> tuple[list[Screenshot], li
         if name.symbol != symbol or name.captured_at.date() != day:
             continue
         try:
-            shots.append(Screenshot(path, name, read_screenshot(path)))
+            reading = read_screenshot(path)
+            if klines is not None:
+                cross_check(reading, name, klines)
+            shots.append(Screenshot(path, name, reading))
+        except UnreliableReadingError as exc:
+            skipped.append(str(exc))  # names the file already
         except NotAHeatmapError as exc:
             skipped.append(f"{path.name}: {exc}")
     return shots, skipped
@@ -113,9 +131,11 @@ def backtest(
     liquidations: pd.DataFrame | None,
     price_bin: float,
     known_until: pd.Timestamp | None,
+    heat: pd.DataFrame | None = None,
 ) -> list[dict]:
     """Our zones at each hour of the day against the real forced liquidations of the next 24 hours, beside a naive
-    baseline of equally wide zones spread over the range price travelled in the 24 hours before.
+    baseline of equally wide zones spread over the range price travelled in the 24 hours before. With `heat`, each
+    row also carries `reached_scores`: the whole map at that hour against the prices liquidations reached.
 
     Forced liquidations are known up to `known_until` (None: not at all, see `ground_truth_end`). A snapshot whose
     24 hours run past it is scored on the part that is known: `horizon_end` is the end of the window actually
@@ -137,17 +157,76 @@ def backtest(
             price_range=(float(window["low"].min()), float(window["high"].max())),
             current_price=float(zones["current_price"].iloc[0]),
         )
-        out.append(
-            {
-                "kind": "backtest",
-                "ts": ts,
-                "file": None,
-                **scores,
-                "horizon_end": end,
-                "complete": end >= full,
-            }
-        )
+        row = {
+            "kind": "backtest",
+            "ts": ts,
+            "file": None,
+            **scores,
+            "horizon_end": end,
+            "complete": end >= full,
+        }
+        if heat is not None:
+            row.update(reached_scores(heat, ts, end, klines, liquidations, price_bin, row["reason"]))
+        out.append(row)
     return out
+
+
+def reached_scores(
+    heat: pd.DataFrame,
+    ts: pd.Timestamp,
+    end: pd.Timestamp,
+    klines: pd.DataFrame,
+    liquidations: pd.DataFrame | None,
+    price_bin: float,
+    reason: str | None,
+) -> dict:
+    """`reached_price_recall` of the map at `ts` (the last state at or before it) against the liquidations in
+    (ts, end], as backtest columns; the range reached is the klines' low..high in the window, as far as known."""
+    states = heat[heat["as_of"] <= ts]
+    col = states[states["as_of"] == states["as_of"].max()] if len(states) else states
+    window = klines[(klines["open_time"] >= ts) & (klines["open_time"] < end)]
+    reach = (float(window["low"].min()), float(window["high"].max())) if len(window) else None
+    # No state at or before ts (or none with mass): an empty map, which catches nothing.
+    cells = [col[c].to_numpy() if len(col) else [] for c in ("price", "long_usd", "short_usd")]
+    r = reached_price_recall(
+        *cells,
+        liquidations,
+        price_bin=price_bin,
+        after=ts,
+        until=end,
+        price_range=reach,
+    )
+    why = "; ".join(f"reached_{k}: {v}" for k, v in r["reasons"].items())
+    return {
+        "reached_recall": r["recall"],
+        "baseline_reached_recall": r["baseline_recall"],
+        "mass_coverage": r["mass_coverage"],
+        "n_reached_liquidations": r["n_liquidations"],
+        "reached_usd": r["liquidated_usd"],
+        "reason": "; ".join(x for x in (reason, why) if x) or None,
+    }
+
+
+def hourly_row(
+    predicted: pd.DataFrame,
+    liquidations: pd.DataFrame | None,
+    klines: pd.DataFrame,
+    day: date,
+    known_until: pd.Timestamp,
+) -> dict:
+    """The day's `hourly_liquidation_scores` as one row (`kind` hourly_usd) over the hours whose forced
+    liquidations are known."""
+    start, full = pd.Timestamp(day), pd.Timestamp(day + timedelta(days=1))
+    end = min(known_until, full)
+    scores = hourly_liquidation_scores(predicted, liquidations, klines, start, end)
+    return {
+        "kind": "hourly_usd",
+        "ts": start,
+        "file": None,
+        **scores,
+        "horizon_end": end,
+        "complete": end >= full,
+    }
 
 
 def ground_truth_end(day: date, rows_by_day: Mapping[date, int]) -> pd.Timestamp | None:
@@ -212,15 +291,17 @@ def score_day(
     price_bin: float,
     step: timedelta = timedelta(minutes=5),
     liquidation_rows: Mapping[date, int] | None = None,
+    predicted: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, list[dict], list[str]]:
     """The day's scores table, the per-screenshot rows (for the JSONL), and what could not be scored and why.
 
     `files` are the screenshots `coinglass_levels` read for this partition; they are read again here for their
     full intensity profiles, which that table does not keep. `liquidation_rows`: rows of each forced_liquidations
     partition present among the day and the next (default: counted from `liquidations`' `date` column); it says
-    how far the backtest's ground truth reaches (`ground_truth_end`).
+    how far the backtest's ground truth reaches (`ground_truth_end`). `predicted`: the model's
+    predicted_liquidations of the day, scored hour by hour against the forced ones (one `hourly_usd` row).
     """
-    shots = [s for s in read_day(folder, symbol, day)[0] if s.path.name in files]
+    shots = [s for s in read_day(folder, symbol, day, klines)[0] if s.path.name in files]
     rows = screenshot_scores(shots, heat, klines, price_bin, step)
     notes = []
     if not shots:
@@ -240,7 +321,11 @@ def score_day(
     if levels.empty:
         notes.append(f"no liquidation_levels for {day}: no backtest")
     else:
-        rows += backtest(levels, klines, liquidations, price_bin, known_until)
+        rows += backtest(levels, klines, liquidations, price_bin, known_until, heat)
+    if predicted is None:
+        notes.append(f"no predicted_liquidations for {day}: no hourly correlation")
+    elif known_until is not None:
+        rows.append(hourly_row(predicted, liquidations, klines, day, known_until))
     for r in rows:
         r.setdefault("horizon_end", None)  # a screenshot's score does not depend on what comes after it
         r.setdefault("complete", True)
@@ -254,8 +339,8 @@ def _rows_by_day(liquidations: pd.DataFrame | None) -> dict[date, int]:
 
 
 def scores_frame(rows: list[dict], symbol: str, day: date) -> pd.DataFrame:
-    """The partition's scores as a table: one row per screenshot (`kind` coinglass) and per hourly backtest
-    (`kind` backtest). Nested values (per-score reasons) are dropped; a score with no observations is null."""
+    """The partition's scores as a table: one row per screenshot (`kind` coinglass), per hourly backtest
+    (`kind` backtest) and one for the day's predicted against forced USD hour by hour (`kind` hourly_usd). Nested values (per-score reasons) are dropped; a score with no observations is null."""
     flat = [{k: v for k, v in r.items() if not isinstance(v, list | dict | tuple)} for r in rows]
     df = pd.DataFrame(
         flat, columns=None if flat else ["kind", "ts", "file", "reason", "horizon_end", "complete"]

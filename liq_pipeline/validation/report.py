@@ -1,8 +1,10 @@
 """The BTC vs ETH validation report over every scored day in the lake (`liq validate-report` and asset metadata).
 
-Each score sits beside its naive baseline, the days each symbol covers are listed, and forced liquidations are
-counted once each: the hourly backtests' 24-hour windows overlap, so the sum of their counts would count one order
-up to 24 times."""
+It leads with the scores of what the model claims (predicted liquidated USD hour by hour, and model mass at the
+prices liquidations reached), each beside a baseline that knows only the price path and its observation count; then
+the Coinglass scores and precision@k. The days each symbol covers are listed, and forced liquidations are counted
+once each: the hourly backtests' 24-hour windows overlap, so the sum of their counts would count one order up to 24
+times."""
 
 from __future__ import annotations
 
@@ -25,6 +27,40 @@ SCORE_ROWS = (
     ("rank_correlation", "rank correlation of profiles", None),
     ("precision_at_k", "precision@k (zones that saw forced liquidations)", "baseline_precision_at_k"),
     ("recall", "recall (liquidated USD in our zones)", "baseline_recall"),
+)
+# What the model claims: metric column, label, its baseline's column (None: no baseline), observations
+CLAIM_ROWS = (
+    ("corr_long", "hourly correlation, longs (predicted vs forced USD)", "baseline_corr_long", "hours_long"),
+    (
+        "corr_short",
+        "hourly correlation, shorts (predicted vs forced USD)",
+        "baseline_corr_short",
+        "hours_short",
+    ),
+    ("usd_ratio_long", "predicted / forced USD, longs", None, "hours_long"),
+    ("usd_ratio_short", "predicted / forced USD, shorts", None, "hours_short"),
+    (
+        "reached_recall",
+        "reached-price recall (USD where the map had mass)",
+        "baseline_reached_recall",
+        "maps",
+    ),
+    ("mass_coverage", "share of the reached range with map mass", None, "maps"),
+)
+CLAIMS_NOTE = (
+    "hourly correlation: Pearson, over each day's hours, of the USD the model says was liquidated "
+    "(predicted_liquidations) and the forced liquidations' USD, per side; days are averaged weighted by their hours. "
+    "Its baseline knows only the price path: each hour's move against the side ((open - low) / open for longs, "
+    "(high - open) / open for shorts). predicted / forced USD: ratio of the totals (1.0 = the right volume). "
+    "reached-price recall: of the USD liquidated in the 24 h after each hourly map (as far as known), the share at prices where the "
+    "map had mass of the same side within 0.25 %; its baseline is the share of the range price reached that the "
+    "map's mass of each side covers, i.e. what a map as wide, placed without knowing where liquidations fall, "
+    "would catch. The model adds information only where a score beats its baseline."
+)
+PRECISION_NOTE = (
+    "precision@k measures something narrower: the share of our k strongest zones that a forced liquidation of "
+    "their side touched within 24 h. It punishes zones far from price (rarely reached in a day, yet where 5x-10x "
+    "positions sit), so zones spread near price can beat a good map on it."
 )
 COUNT_ROWS = (
     ("n_screenshots", "screenshots"),
@@ -134,6 +170,36 @@ def _delta(a, b) -> str:
     return f"{d:.1f} %"
 
 
+def _observations(rec: dict, kind: str) -> str:
+    """The count a claim score was computed from, as the report shows it."""
+    if kind == "maps":
+        n = rec.get("n_reached_maps")
+        return NA if not n else f"{int(n):,} maps"
+    side = kind.removeprefix("hours_")
+    hours, orders = rec.get("n_hours"), rec.get(f"n_liquidations_{side}")
+    return NA if not hours else f"{int(hours):,} h, {int(orders or 0):,} orders"
+
+
+def claims_table(summary: pd.DataFrame, symbols: Sequence[str] = SYMBOLS) -> str:
+    """Markdown: the scores of what the model claims, each symbol's score with its baseline and observations."""
+    recs = {r["symbol"]: r for r in summary.to_dict("records")} if len(summary) else {}
+    a, b = (recs.get(s, {}) for s in symbols)
+    lines = [
+        f"| score | {symbols[0]} | baseline | observations | {symbols[1]} | baseline | observations |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for col, label, base, obs in CLAIM_ROWS:
+        cells = []
+        for rec in (a, b):
+            cells += [
+                _fmt(rec.get(col)),
+                "—" if base is None else _fmt(rec.get(base)),
+                _observations(rec, obs),
+            ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def report_table(summary: pd.DataFrame, symbols: Sequence[str] = SYMBOLS) -> str:
     """Markdown: one line per metric, each symbol's score with its baseline beside it, and their delta in %."""
     recs = {r["symbol"]: r for r in summary.to_dict("records")} if len(summary) else {}
@@ -162,11 +228,13 @@ def validation_report(lake: Lake, extra: pd.DataFrame | None = None, symbols: Se
         ]
     coverage = "\n".join(coverage_line(df, s) for s in symbols)
     return (
-        f"Validation, {symbols[0]} vs {symbols[1]}. Days scored:\n{coverage}\n\n{report_table(summary, symbols)}\n\n"
-        "Each forced-liquidation score sits beside its baseline: equally wide zones spread over the range price "
-        "travelled in the 24 h before; a score means something only when it beats it. Forced liquidations are "
-        "the distinct orders inside the backtests' 24-hour windows. delta % = |a - b| / mean(a, b) x 100. Scores "
-        "are averaged weighted by their observation counts. Target: hit_rate > 0.60.\n"
+        f"Validation, {symbols[0]} vs {symbols[1]}. Days scored:\n{coverage}\n\n"
+        f"What the model claims, against forced liquidations:\n\n{claims_table(summary, symbols)}\n\n"
+        f"{CLAIMS_NOTE}\n\nCoinglass screenshots and zones:\n\n{report_table(summary, symbols)}\n\n"
+        f"{PRECISION_NOTE} Its baseline, and recall's: equally wide zones spread over the range price travelled in "
+        "the 24 h before. Forced liquidations are the distinct orders inside the backtests' 24-hour windows. "
+        "delta % = |a - b| / mean(a, b) x 100. Scores are averaged weighted by their observation counts. Target: "
+        "hit_rate > 0.60.\n"
     )
 
 

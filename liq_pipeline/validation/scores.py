@@ -38,6 +38,20 @@ Forced liquidations (`backtest_scores`), our zones at ``t0`` against liquidation
 - with no zones or no liquidations in the window the scores are ``None``: an empty window means missing ground truth
   (the archive ends 2024-03-31), not a model that missed.
 
+What the model claims, against forced liquidations (the scores the report leads with):
+
+- `hourly_liquidation_scores`: per side, the Pearson correlation over hours of the model's predicted liquidated USD
+  and the forced liquidations' USD, and the ratio of their totals; baseline: the correlation of the forced USD with
+  each hour's move against the side ((open - low) / open for longs, (high - open) / open for shorts), which knows
+  only the price path.
+- `reached_price_recall`: of the forced liquidations after a map's time, the USD share at prices where the map had
+  mass of the same side within a band (0.25 % by default); baseline: the share of the range price reached that the
+  map's mass covers, the expected recall of a map as wide placed without knowing where liquidations fall. (A flat
+  map has mass everywhere and would score 1: the width, not the flatness, is what the baseline must match.)
+
+Forced liquidations given as orders (side 'SELL'/'BUY', as the archive writes them) are read as the long/short
+position liquidated in these two; `backtest_scores` takes positions only.
+
 Records (`comparison_record`, `upsert_jsonl`, `append_jsonl`, `dedupe_jsonl`) and the per-symbol summary
 (`summarise`, `report_markdown`) complete the module.
 """
@@ -403,13 +417,22 @@ def naive_zones(
     return rows
 
 
-def _norm_side(values: pd.Series) -> np.ndarray:
+# An exchange's order side names the order, not the position: a SELL order closes (liquidates) a long.
+ORDER_SIDES = {"sell": "long", "buy": "short"}
+
+
+def _norm_side(values: pd.Series, orders: bool = False) -> np.ndarray:
+    """The side of the position liquidated, 'long'/'short'; with ``orders``, an order's 'SELL'/'BUY' is read as the
+    long/short it liquidated (as the archive's liquidationSnapshot writes it)."""
     s = values.astype(str).str.strip().str.lower()
+    if orders:
+        s = s.replace(ORDER_SIDES)
     bad = sorted(set(s.unique()) - {"long", "short"})
     if bad:
-        raise ValueError(
-            f"liquidation side must be 'long' or 'short' (the position liquidated), got {bad[:5]}"
+        accepted = "'long'/'short' (the position liquidated)" + (
+            " or 'SELL'/'BUY' (the order)" if orders else ""
         )
+        raise ValueError(f"liquidation side must be {accepted}, got {bad[:5]}")
     return s.to_numpy()
 
 
@@ -552,6 +575,241 @@ def backtest_scores(
         "t0": start.to_pydatetime().isoformat(),
         "window_end": end.to_pydatetime().isoformat(),
         "reason": "; ".join(f"{key}: {v}" for key, v in reasons.items()) or None,
+        "reasons": reasons,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What the model claims: liquidated USD hour by hour, and mass at the prices price reached
+
+SIDES = ("long", "short")
+
+
+def _utc_series(values: Any) -> pd.Series:
+    """Timestamps as a UTC-aware Series (naive values are UTC)."""
+    ts = pd.Series(pd.to_datetime(np.asarray(values).ravel()))
+    return ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts.dt.tz_convert("UTC")
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Pearson correlation; None when undefined (fewer than 2 points or a constant series)."""
+    if x.size < 2:
+        return None
+    dx, dy = x - x.mean(), y - y.mean()
+    den = math.sqrt(float((dx * dx).sum()) * float((dy * dy).sum()))
+    return float(np.clip((dx * dy).sum() / den, -1.0, 1.0)) if den > 0 else None
+
+
+def _usd_by_hour(
+    frame: pd.DataFrame | None, hours: pd.DatetimeIndex, what: str
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Per side, the notional of ``frame`` (ts, side, notional_usd) summed into ``hours``, and the rows counted.
+    Rows outside the scored hours are left out."""
+    usd = {s: np.zeros(len(hours)) for s in SIDES}
+    n = dict.fromkeys(SIDES, 0)
+    if frame is None or frame.empty:
+        return usd, n
+    missing = {"ts", "side", "notional_usd"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"{what} lack columns {sorted(missing)}")
+    at = hours.get_indexer(pd.DatetimeIndex(_utc_series(frame["ts"])).floor("h"))
+    side = _norm_side(frame["side"], orders=True)
+    val = np.nan_to_num(frame["notional_usd"].to_numpy(dtype=np.float64), nan=0.0)
+    for s in SIDES:
+        keep = (at >= 0) & (side == s)
+        usd[s] = np.bincount(at[keep], weights=val[keep], minlength=len(hours)).astype(np.float64)
+        n[s] = int(keep.sum())
+    return usd, n
+
+
+def _hourly_moves(klines: pd.DataFrame | None, start: pd.Timestamp, end: pd.Timestamp):
+    """The hours in [start, end) that have klines, and per hour the move against each side as a fraction of the
+    hour's open: longs max(0, open - low) / open, shorts max(0, high - open) / open."""
+    if klines is None or klines.empty:
+        return pd.DatetimeIndex([], tz="UTC"), {s: np.zeros(0) for s in SIDES}
+    k = pd.DataFrame(
+        {
+            "hour": pd.DatetimeIndex(_utc_series(klines["open_time"])).floor("h"),
+            "t": _utc_series(klines["open_time"]).to_numpy(),
+            "open": klines["open"].to_numpy(dtype=np.float64),
+            "high": klines["high"].to_numpy(dtype=np.float64),
+            "low": klines["low"].to_numpy(dtype=np.float64),
+        }
+    )
+    k = k[(k["hour"] >= start) & (k["hour"] < end)].sort_values("t")
+    g = k.groupby("hour", sort=True).agg(open=("open", "first"), high=("high", "max"), low=("low", "min"))
+    g = g[g["open"] > 0]
+    moves = {
+        "long": np.maximum(g["open"] - g["low"], 0.0).to_numpy() / g["open"].to_numpy(),
+        "short": np.maximum(g["high"] - g["open"], 0.0).to_numpy() / g["open"].to_numpy(),
+    }
+    return pd.DatetimeIndex(g.index), moves
+
+
+def hourly_liquidation_scores(
+    predicted: pd.DataFrame | None,
+    actual: pd.DataFrame | None,
+    klines: pd.DataFrame | None,
+    start: Any,
+    end: Any,
+) -> dict:
+    """The model's predicted liquidations against the forced ones, hour by hour and per side, over the hours of
+    [start, end) that have klines (a whole hour at a time: ``start`` is rounded up to the hour).
+
+    ``predicted``: the model's ``predicted_liquidations`` (ts, side 'long'/'short', notional_usd); ``actual``: forced
+    liquidations (ts, side 'long'/'short' = the position, or the order's 'SELL' = a long / 'BUY' = a short,
+    notional_usd); ``klines``: 1-minute klines (open_time, open, high, low). Timestamps naive = UTC.
+
+    Per side: ``corr_*`` the Pearson correlation over hours of predicted and forced USD; ``usd_ratio_*`` their
+    totals' ratio (predicted / forced); ``baseline_corr_*`` the correlation of the forced USD with a baseline that
+    knows only the price path (each hour's move against the side, see `_hourly_moves`). A score that cannot be
+    computed (no hours, a constant series such as an hour-by-hour zero, no forced USD) is None with its reason.
+    Also ``n_hours``, ``n_liquidations_*`` (forced orders counted), ``predicted_usd_*``, ``actual_usd_*``."""
+    t0 = _utc_timestamp(start).ceil("h")
+    t1 = _utc_timestamp(end)
+    hours, moves = _hourly_moves(klines, t0, t1)
+    pred, _ = _usd_by_hour(predicted, hours, "predicted liquidations")
+    real, n_real = _usd_by_hour(actual, hours, "forced liquidations")
+    out: dict[str, Any] = {"n_hours": len(hours)}
+    reasons: dict[str, str] = {}
+    for s in SIDES:
+        total_pred, total_real = float(pred[s].sum()), float(real[s].sum())
+        out[f"corr_{s}"] = _pearson(pred[s], real[s])
+        out[f"baseline_corr_{s}"] = _pearson(moves[s], real[s])
+        out[f"usd_ratio_{s}"] = total_pred / total_real if total_real > 0 else None
+        out[f"n_liquidations_{s}"] = n_real[s]
+        out[f"predicted_usd_{s}"] = total_pred
+        out[f"actual_usd_{s}"] = total_real
+        for key, series in ((f"corr_{s}", pred[s]), (f"baseline_corr_{s}", moves[s])):
+            if out[key] is None:
+                reasons[key] = _why_no_corr(len(hours), series, real[s], s)
+        if out[f"usd_ratio_{s}"] is None:
+            reasons[f"usd_ratio_{s}"] = f"no forced {s} liquidations in the hours scored"
+    out["reason"] = "; ".join(f"{k}: {v}" for k, v in reasons.items()) or None
+    out["reasons"] = reasons
+    return out
+
+
+def _why_no_corr(n_hours: int, ours: np.ndarray, real: np.ndarray, side: str) -> str:
+    if n_hours < 2:
+        return f"{n_hours} hour{'s' * (n_hours != 1)} with klines in the window: a correlation needs 2"
+    if np.ptp(real) == 0:
+        return f"forced {side} liquidations are the same every hour (e.g. none): nothing to follow"
+    return f"the {side} series is the same every hour: it cannot follow anything"
+
+
+def _mass_intervals(prices: np.ndarray, usd: np.ndarray, half_bin: float, band: float, min_frac: float):
+    """Merged intervals [low, high] within ``band`` (a fraction of price) of a bin with mass (> ``min_frac`` of the
+    side's largest bin); each bin covers half a bin either side of its centre."""
+    usd = np.nan_to_num(usd, nan=0.0)
+    top = float(usd.max()) if usd.size else 0.0
+    c = np.sort(prices[(usd > 0) & (usd > min_frac * top)])
+    lo, hi = c * (1 - band) - half_bin, c * (1 + band) + half_bin
+    merged: list[list[float]] = []
+    for a, b in zip(lo, hi, strict=True):  # lo increases with c: one pass merges
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    arr = np.asarray(merged, dtype=np.float64).reshape(-1, 2)
+    return arr[:, 0], arr[:, 1]
+
+
+def _inside(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    i = np.searchsorted(lo, x, side="right") - 1
+    return (i >= 0) & (x <= hi[np.clip(i, 0, None)]) if lo.size else np.zeros(x.size, dtype=bool)
+
+
+def _coverage(lo: np.ndarray, hi: np.ndarray, r_lo: float, r_hi: float) -> float:
+    """Share of [r_lo, r_hi] inside the (disjoint, sorted) intervals."""
+    covered = np.clip(np.minimum(hi, r_hi) - np.maximum(lo, r_lo), 0.0, None).sum()
+    return float(covered) / (r_hi - r_lo)
+
+
+def reached_price_recall(
+    heat_prices,
+    long_usd,
+    short_usd,
+    actual: pd.DataFrame | None,
+    band_pct: float = 0.25,
+    *,
+    price_bin: float = 0.0,
+    after: Any = None,
+    until: Any = None,
+    price_range: tuple[float, float] | None = None,
+    min_frac: float = 0.0,
+) -> dict:
+    """Of the forced liquidations in ``(after, until]`` (all when None), the USD share whose price had model mass of
+    the same side within ``band_pct`` % (plus half a bin) of it: recall at the prices price actually reached.
+
+    ``heat_*``: one heatmap column (bin centres, notional per side), the map at ``after``. ``actual``: ts, side
+    (position, or order: SELL = long), price, notional_usd. ``price_range``: the range price reached over the window
+    (klines' low..high); it is widened to hold every liquidation price and its band.
+
+    Baseline: a map with mass everywhere would catch everything, so the fair comparison is a map as wide as ours
+    placed without knowing where liquidations happen. Its expected recall is the share of the reached range our
+    mass of each side covers (with the same band), weighted by each side's liquidated USD: ``baseline_recall``.
+    The model adds information only where ``recall`` beats it. ``mass_coverage``: the share of the range within the
+    band of mass of either side. Also ``n_liquidations``, ``liquidated_usd``, ``range_low``/``range_high``."""
+    if band_pct < 0 or price_bin < 0:
+        raise ValueError(f"band_pct and price_bin must be >= 0, got {band_pct!r} and {price_bin!r}")
+    p = np.asarray(heat_prices, dtype=np.float64).ravel()
+    mass = {
+        "long": np.asarray(long_usd, np.float64).ravel(),
+        "short": np.asarray(short_usd, np.float64).ravel(),
+    }
+    liq = actual if actual is not None else pd.DataFrame(columns=["ts", "side", "price", "notional_usd"])
+    missing = {"ts", "side", "price", "notional_usd"} - set(liq.columns)
+    if missing:
+        raise ValueError(f"forced liquidations lack columns {sorted(missing)}")
+    ts = _utc_series(liq["ts"]) if len(liq) else pd.Series([], dtype="datetime64[ns, UTC]")
+    keep = np.ones(len(liq), dtype=bool)
+    if after is not None:
+        keep &= (ts > _utc_timestamp(after)).to_numpy()
+    if until is not None:
+        keep &= (ts <= _utc_timestamp(until)).to_numpy()
+    win = liq.loc[keep]
+    side = _norm_side(win["side"], orders=True) if len(win) else np.zeros(0, dtype=object)
+    price = win["price"].to_numpy(dtype=np.float64)
+    usd = np.nan_to_num(win["notional_usd"].to_numpy(dtype=np.float64), nan=0.0)
+    band, half = band_pct / 100.0, price_bin / 2.0
+
+    bounds = [price * (1 - band), price * (1 + band)] + ([list(price_range)] if price_range else [])
+    flat = np.concatenate([np.ravel(b) for b in bounds]) if bounds else np.zeros(0)
+    r_lo, r_hi = (float(flat.min()), float(flat.max())) if flat.size else (math.nan, math.nan)
+    has_range = r_hi > r_lo  # False for NaN too
+    caught = np.zeros(price.size, dtype=bool)
+    cover: dict[str, float] = {}
+    for s in SIDES:
+        lo, hi = _mass_intervals(p, mass[s], half, band, min_frac)
+        caught |= (side == s) & _inside(price, lo, hi)
+        cover[s] = _coverage(lo, hi, r_lo, r_hi) if has_range else math.nan
+    both_lo, both_hi = _mass_intervals(p, np.nan_to_num(mass["long"]) + np.nan_to_num(mass["short"]), half, band, min_frac)  # fmt: skip
+    total = float(usd.sum())
+    reasons: dict[str, str] = {}
+    recall = baseline = None
+    if total > 0:
+        recall = float(usd[caught].sum()) / total
+        baseline = sum(float(usd[side == s].sum()) * cover[s] for s in SIDES) / total if has_range else None
+    else:
+        reasons["recall"] = reasons["baseline_recall"] = (
+            "no forced liquidations in the window"
+            if not price.size
+            else "no liquidated notional in the window"
+        )
+    coverage = _coverage(both_lo, both_hi, r_lo, r_hi) if has_range else None
+    if coverage is None:
+        reasons["mass_coverage"] = "no price range: pass price_range or have liquidations in the window"
+    return {
+        "recall": recall,
+        "baseline_recall": baseline,
+        "mass_coverage": coverage,
+        "n_liquidations": int(price.size),
+        "liquidated_usd": total,
+        "band_pct": float(band_pct),
+        "range_low": r_lo if has_range else None,
+        "range_high": r_hi if has_range else None,
+        "reason": "; ".join(f"{k}: {v}" for k, v in reasons.items()) or None,
         "reasons": reasons,
     }
 
@@ -709,6 +967,13 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 # score -> the count that weights it when averaging per symbol
 WEIGHTS = {
+    "corr_long": "n_hours",
+    "corr_short": "n_hours",
+    "baseline_corr_long": "n_hours",
+    "baseline_corr_short": "n_hours",
+    "reached_recall": "reached_usd",
+    "baseline_reached_recall": "reached_usd",
+    "mass_coverage": "reached_usd",
     "hit_rate": "n_coinglass_levels",
     "precision": "n_our_zones",
     "rank_correlation": "n_profile_points",
@@ -725,18 +990,47 @@ SUM_COLUMNS = (
     "n_baseline_zones",
     "n_liquidations",
     "liquidated_usd",
+    "n_hours",
+    "n_liquidations_long",
+    "n_liquidations_short",
+    "predicted_usd_long",
+    "predicted_usd_short",
+    "actual_usd_long",
+    "actual_usd_short",
+    "n_reached_liquidations",
+    "reached_usd",
 )
-SUMMARY_COLUMNS = ["symbol", *WEIGHTS, "n_screenshots", "n_backtests", *SUM_COLUMNS]
+# pooled ratio -> (numerator, denominator) summed over the records
+RATIOS = {
+    "usd_ratio_long": ("predicted_usd_long", "actual_usd_long"),
+    "usd_ratio_short": ("predicted_usd_short", "actual_usd_short"),
+}
+INT_COLUMNS = (
+    "n_screenshots", "n_backtests", "n_reached_maps", "n_coinglass_levels", "n_our_zones", "n_profile_points",
+    "n_zones", "n_baseline_zones", "n_liquidations", "n_hours", "n_liquidations_long", "n_liquidations_short",
+    "n_reached_liquidations",
+)  # fmt: skip
+SUMMARY_COLUMNS = [
+    "symbol",
+    *WEIGHTS,
+    *RATIOS,
+    "n_screenshots",
+    "n_backtests",
+    "n_reached_maps",
+    *SUM_COLUMNS,
+]
 
 
 def summarise(scores_rows) -> pd.DataFrame:
     """Per-symbol summary of score records (`comparison_record`s and/or `backtest_scores` dicts with a ``symbol``).
 
     Each score is the mean of the per-record scores weighted by that score's own observation count (`WEIGHTS`):
-    pooled over all observations, e.g. hit_rate = matched levels / all levels, recall = caught USD / liquidated USD.
-    Records whose score is None, or whose count is 0, do not count; a symbol without any is NaN. Counts are summed;
-    ``n_screenshots`` = records with ``n_coinglass_levels`` (screenshot comparisons), ``n_backtests`` = records with
-    ``n_liquidations``. One row per symbol, sorted by symbol."""
+    pooled over all observations, e.g. hit_rate = matched levels / all levels, recall = caught USD / liquidated USD;
+    the daily hourly correlations are averaged weighted by their hours. ``usd_ratio_*`` pool the totals (predicted
+    USD / forced USD over every record). Records whose score is None, or whose count is 0, do not count; a symbol
+    without any is NaN. Counts are summed; ``n_screenshots`` = records with ``n_coinglass_levels`` (screenshot
+    comparisons), ``n_backtests`` = records with ``n_liquidations``, ``n_reached_maps`` = records with
+    ``n_reached_liquidations``. One row per symbol, sorted by symbol."""
     df = scores_rows.copy() if isinstance(scores_rows, pd.DataFrame) else pd.DataFrame(list(scores_rows))
     if df.empty or "symbol" not in df.columns:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
@@ -751,13 +1045,15 @@ def summarise(scores_rows) -> pd.DataFrame:
             row[score] = float((v[ok] * w[ok]).sum() / w[ok].sum()) if ok.any() else np.nan
         row["n_screenshots"] = int(g["n_coinglass_levels"].notna().sum())
         row["n_backtests"] = int(g["n_liquidations"].notna().sum())
+        row["n_reached_maps"] = int(g["n_reached_liquidations"].notna().sum())
         for col in SUM_COLUMNS:
             total = g[col].sum(min_count=1)
             row[col] = float(total) if pd.notna(total) else 0.0
+        for ratio, (num, den) in RATIOS.items():
+            row[ratio] = row[num] / row[den] if row[den] > 0 else np.nan
         out.append(row)
     res = pd.DataFrame(out, columns=SUMMARY_COLUMNS)
-    for col in ("n_screenshots", "n_backtests", "n_coinglass_levels", "n_our_zones", "n_profile_points", "n_zones",
-                "n_baseline_zones", "n_liquidations"):  # fmt: skip
+    for col in INT_COLUMNS:
         res[col] = res[col].astype("int64")
     return res
 
@@ -833,10 +1129,12 @@ __all__ = [
     "coinglass_scores",
     "comparison_record",
     "dedupe_jsonl",
+    "hourly_liquidation_scores",
     "iso_utc",
     "naive_zones",
     "our_zones",
     "rank_average",
+    "reached_price_recall",
     "read_jsonl",
     "relative_delta_pct",
     "report_markdown",
