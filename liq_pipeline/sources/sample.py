@@ -912,10 +912,10 @@ def _klines_csv(spec: SymbolSpec, day: date, tr: _Trades, header: bool, scale: i
     )
 
 
-def _metrics_rows(spec: SymbolSpec, day: date) -> list[list[str]]:
-    """The day's 288 metrics rows in order, as CSV cells."""
+def _metrics_rows(spec: SymbolSpec, day: date, metrics=None) -> list[list[str]]:
+    """The day's 288 metrics rows in order, as CSV cells (`metrics(spec, day)` -> `_Metrics`, default the sample's)."""
     m = _market(spec)
-    met = _metrics(spec, day)
+    met = (metrics or _metrics)(spec, day)
     n = len(met.create_time)
     columns = [
         met.create_time,
@@ -930,10 +930,10 @@ def _metrics_rows(spec: SymbolSpec, day: date) -> list[list[str]]:
     return [list(row) for row in zip(*columns)]
 
 
-def _metrics_csv(spec: SymbolSpec, day: date, blank_ratios: bool = False) -> bytes:
+def _metrics_csv(spec: SymbolSpec, day: date, blank_ratios: bool = False, metrics=None) -> bytes:
     """The metrics file as the archive writes it: the day's rows and the next day's 00:00:00 row (the first row of
     the next file, so the series continues), shuffled on some days and with a few rows repeated on some days."""
-    rows = _metrics_rows(spec, day) + _metrics_rows(spec, day + timedelta(days=1))[:1]
+    rows = _metrics_rows(spec, day, metrics) + _metrics_rows(spec, day + timedelta(days=1), metrics)[:1]
     if blank_ratios:  # the two top-trader ratios, missing for the first three hours
         for row in rows[:36]:
             row[4] = row[5] = ""
@@ -965,9 +965,9 @@ def _funding_csv(spec: SymbolSpec, day: date) -> bytes:
     )
 
 
-def _liquidations_csv(spec: SymbolSpec, day: date) -> bytes:
+def _liquidations_csv(spec: SymbolSpec, day: date, liq: _Liquidations | None = None) -> bytes:
     m = _market(spec)
-    liq = _liquidations(spec, day)
+    liq = _liquidations(spec, day) if liq is None else liq
     n = len(liq.time_ms)
     qty = _fmt(liq.qty_units, m.qty_decimals)
     return _lines(
