@@ -108,10 +108,25 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from liq_pipeline.validation.calibration import calibrate_cli
+
+    return calibrate_cli(
+        args.symbol,
+        args.start,
+        args.end,
+        data_dir=args.data_dir,
+        screenshots=args.screenshots,
+        as_json=args.json,
+        save_result=args.save,
+        lookbacks=args.lookbacks,
+    )
+
+
 def cmd_screenshot_levels(args: argparse.Namespace) -> int:
     from liq_pipeline.validation.screenshot import screenshot_levels_cli
 
-    return screenshot_levels_cli(args.file, args.json)
+    return screenshot_levels_cli(args.file, args.json, symbol=args.symbol, data_dir=args.data_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,7 +157,46 @@ def main(argv: list[str] | None = None) -> int:
     shot = sub.add_parser("screenshot-levels", help="read the levels off a Coinglass heatmap screenshot")
     shot.add_argument("file", type=Path)
     shot.add_argument("--json", action="store_true", help="print one JSON object")
+    shot.add_argument(
+        "--symbol",
+        default=None,
+        help="cross-check the price axis against this symbol's klines in the lake (capture time from the file "
+        "name); exit 3 when they disagree",
+    )
+    shot.add_argument(
+        "--data-dir",
+        dest="data_dir",
+        default=None,
+        help="folder holding the lake (default: $LIQ_DATA_DIR or ./data)",
+    )
     shot.set_defaults(func=cmd_screenshot_levels)
+
+    calibrate = sub.add_parser(
+        "calibrate",
+        help="fit the model's leverage mix, position size and lookback to the Coinglass screenshots of a window",
+    )
+    calibrate.add_argument("symbol")
+    calibrate.add_argument("--start", type=date.fromisoformat, required=True, help="YYYY-MM-DD")
+    calibrate.add_argument("--end", type=date.fromisoformat, required=True, help="YYYY-MM-DD, inclusive")
+    calibrate.add_argument("--json", action="store_true", help="print one JSON object")
+    calibrate.add_argument(
+        "--data-dir", dest="data_dir", default=None, help="default: $LIQ_DATA_DIR or ./data"
+    )
+    calibrate.add_argument(
+        "--screenshots",
+        type=Path,
+        default=None,
+        help="default: $LIQ_SCREENSHOT_DIR or <data dir>/screenshots",
+    )
+    calibrate.add_argument(
+        "--save",
+        action="store_true",
+        help="store the result where the model uses it (if it beats the defaults)",
+    )
+    calibrate.add_argument(
+        "--lookbacks", nargs="+", type=int, default=None, help="lookback days tried (default: 3 7 14)"
+    )
+    calibrate.set_defaults(func=cmd_calibrate)
 
     sql = sub.add_parser(
         "sql", help="query the warehouse views (aggtrades_history, klines_15m_history, ...) and print a table"
@@ -152,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     sql.set_defaults(func=cmd_sql)
 
     report = sub.add_parser(
-        "validate-report", help="BTC vs ETH: hit rate, precision@k, recall and their deltas"
+        "validate-report",
+        help="BTC vs ETH: predicted vs forced liquidations by hour, reached-price recall, hit rate, precision@k",
     )
     report.set_defaults(func=cmd_validate_report)
 
@@ -175,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     code = args.func(args)
-    if args.command not in ("bench", "screenshot-levels", "sql"):
+    if args.command not in ("bench", "screenshot-levels", "sql", "calibrate"):
         print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return code
 

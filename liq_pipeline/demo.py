@@ -33,10 +33,13 @@ def run_demo(instance: DagsterInstance, symbols: list[str] | None = None, days: 
         return 1
     print_summary(lake, symbols)
     print_levels(lake, symbols)
-    if not run_screenshot_sensor(instance, lake, symbols, sample_days[-1]):
+    if not run_screenshot_sensor(instance, lake, symbols, sample_days):
         return 1
     print("\nOpen the Dagster UI on these runs:  uv run dagster dev   (then http://127.0.0.1:3000)")
     print('Query the warehouse:               uv run liq sql "SELECT COUNT(*) FROM aggtrades_history"')
+    print(
+        f"Calibrate to the screenshots:      uv run liq calibrate {symbols[0]} --start {sample_days[0]} --end {sample_days[-1]}"
+    )
     return 0
 
 
@@ -122,9 +125,12 @@ def print_levels(lake: Lake, symbols: list[str], top: int = 5) -> None:
                 )
 
 
-def run_screenshot_sensor(instance: DagsterInstance, lake: Lake, symbols: list[str], day: date) -> bool:
-    """Drop one Coinglass-style screenshot per symbol into the screenshot folder, as N8N would, evaluate the sensor
-    once and run what it requests, then print the BTC vs ETH report."""
+def run_screenshot_sensor(
+    instance: DagsterInstance, lake: Lake, symbols: list[str], days: list[date]
+) -> bool:
+    """Drop one Coinglass-style screenshot per symbol and day (12:00 UTC) into the screenshot folder, as N8N would,
+    evaluate the sensor once and run what it requests, then print the BTC vs ETH report. A capture a day is what
+    `liq calibrate` needs to fit on the earlier days and score on the last."""
     from dagster import build_sensor_context
 
     from liq_pipeline.sensors import coinglass_screenshot_sensor, rescore_scan, screenshot_dir
@@ -132,16 +138,20 @@ def run_screenshot_sensor(instance: DagsterInstance, lake: Lake, symbols: list[s
     from liq_pipeline.validation.sample_screenshots import write_sample_screenshot
 
     folder = screenshot_dir()
-    at = datetime.combine(day, datetime.min.time(), UTC).replace(hour=12)
     print(f"\nScreenshots (a peer model drawn Coinglass-style; see README) into {folder}:")
-    for symbol in symbols:
-        print(f"  {write_sample_screenshot(lake, folder, symbol, at).name}")
+    for day in days:
+        at = datetime.combine(day, datetime.min.time(), UTC).replace(hour=12)
+        for symbol in symbols:
+            print(f"  {write_sample_screenshot(lake, folder, symbol, at).name}")
     screenshots = coinglass_screenshot_sensor(build_sensor_context(instance=instance)) or []
     if not run_requests(instance, "coinglass_screenshot_sensor", screenshots):
         return False
     # Each day was scored before the next day's forced liquidations existed: rescore those days as the sensor would.
     print("\nRescoring the days scored before their next day's forced liquidations (partial_scores_sensor):")
-    if not run_requests(instance, "partial_scores_sensor", rescore_scan(lake)):
+    rescore = rescore_scan(lake)
+    if not rescore:
+        print("  none: the screenshot runs above scored those days after their next day arrived")
+    if not run_requests(instance, "partial_scores_sensor", rescore):
         return False
     print(f"\n{validation_report(lake)}")
     print(f"Per-screenshot hit rates: {comparison_jsonl(lake)}")

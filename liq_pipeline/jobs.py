@@ -10,7 +10,9 @@ from dagster import AssetSelection, define_asset_job
 # Everything partitioned by date|symbol: the raw tables and what the model builds from them.
 daily_job = define_asset_job(
     "daily_job",
-    selection=AssetSelection.groups("raw", "model", "validation"),
+    # model_calibration is per symbol over a window of days, not per symbol-day: materialized on its own.
+    selection=AssetSelection.groups("raw", "model", "validation")
+    - AssetSelection.assets("model_calibration"),
     description="One symbol-day: download, parse and model. Backfill it per symbol from the UI.",
 )
 

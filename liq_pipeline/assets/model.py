@@ -21,13 +21,14 @@ from dagster import (
 from pydantic import Field
 
 from liq_pipeline import checks, model_io, staleness
-from liq_pipeline.lake import LakeSlice
+from liq_pipeline.lake import Lake, LakeSlice
 from liq_pipeline.model import ModelConfig, heatmap_png
 from liq_pipeline.model.config import DEFAULT_LOOKBACK_DAYS, DEFAULT_POSITION_USD, MAX_LOOKBACK_DAYS
 from liq_pipeline.model_io import EVENTS, HEATMAP, LEVELS
 from liq_pipeline.partitions import SYMBOL_DATE, lookback_mapping, split_key
 from liq_pipeline.resources import LakeResource
 from liq_pipeline.symbols import load_registry
+from liq_pipeline.validation import calibration
 
 
 class ModelParams(Config):
@@ -48,8 +49,13 @@ class ModelParams(Config):
         default=0.0, description="Taker-imbalance tilt of the leverage mix; 0 = off"
     )
     step_minutes: int = Field(default=5, description="Replay step; 5 = the open-interest resolution")
+    use_calibration: bool = Field(
+        default=True,
+        description="Use the symbol's fitted mix, position and lookback (model_calibration / liq calibrate) where "
+        "they beat the defaults on held-out screenshots; a value set here still wins",
+    )
 
-    def for_symbol(self, symbol: str) -> ModelConfig:
+    def for_symbol(self, symbol: str, lake: Lake | None = None) -> ModelConfig:
         if not 1 <= self.lookback_days <= MAX_LOOKBACK_DAYS:
             raise ValueError(f"lookback_days must be 1..{MAX_LOOKBACK_DAYS}, got {self.lookback_days}")
         overrides = {
@@ -63,6 +69,10 @@ class ModelParams(Config):
             overrides["leverage_weights"] = tuple(self.leverage_weights)
         if self.leverage:
             overrides["leverage"] = tuple(self.leverage)
+        if self.use_calibration:  # a field left at its default takes the fitted value, if any
+            fields = type(self).model_fields
+            chosen = {k for k in overrides if getattr(self, k) != fields[k].default}
+            overrides = calibration.with_fitted(symbol, overrides, chosen, lake)
         return ModelConfig.for_symbol(load_registry().get(symbol), **overrides)
 
 
@@ -118,7 +128,7 @@ def liquidation_model(
 ):
     symbol, day = split_key(context.partition_key)
     spec = load_registry().get(symbol)
-    cfg = config.for_symbol(symbol)
+    cfg = config.for_symbol(symbol, klines.lake)
     # Which raw partitions this run reads, taken before reading them: stored with the tables for staleness.
     inputs_record = staleness.record_inputs(klines.lake, symbol, day, cfg.lookback_days)
     loaded = model_io.load_inputs(day, cfg, klines, open_interest, agg_trades)

@@ -1,23 +1,27 @@
 """Validation assets (group `validation`): Coinglass screenshots of a day read into levels, and the day's scores
 against them and against real forced liquidations. The logic is in `liq_pipeline.validation`."""
 
+from datetime import timedelta
 from pathlib import Path
 
 import pyarrow as pa
 from dagster import (
     AssetExecutionContext,
     AssetIn,
+    Config,
+    MaterializeResult,
     MetadataValue,
     Output,
     asset,
 )
+from pydantic import Field
 
 from liq_pipeline.lake import LakeSlice
-from liq_pipeline.partitions import SYMBOL_DATE, lookback_mapping, split_key
+from liq_pipeline.partitions import SYMBOL_DATE, SYMBOLS, lookback_mapping, split_key
 from liq_pipeline.resources import LakeResource
 from liq_pipeline.sensors import screenshot_dir
 from liq_pipeline.symbols import load_registry
-from liq_pipeline.validation import daily
+from liq_pipeline.validation import calibration, daily
 from liq_pipeline.validation.report import comparison_jsonl, validation_report
 from liq_pipeline.validation.scores import comparison_record, upsert_jsonl
 
@@ -49,12 +53,17 @@ def note_missing_folder(context: AssetExecutionContext, folder: Path) -> None:
     partitions_def=SYMBOL_DATE,
     io_manager_key="lake_io_manager",
     kinds={"parquet", "ocr"},
-    description="Levels read off every Coinglass screenshot of the day and symbol in LIQ_SCREENSHOT_DIR.",
+    description="Levels read off every Coinglass screenshot of the day and symbol in LIQ_SCREENSHOT_DIR. A "
+    "screenshot whose reading is unreliable (price labels cut, digits that disagree, an axis the klines in the lake "
+    "never traded) is skipped with its one-line reason in the `skipped` metadata, never turned into levels.",
 )
-def coinglass_levels(context: AssetExecutionContext):
+def coinglass_levels(context: AssetExecutionContext, lake: LakeResource):
     symbol, day = split_key(context.partition_key)
     folder = screenshot_dir()
-    shots, skipped = daily.read_day(folder, symbol, day)
+    # The klines in the lake, if any, cross-check each screenshot's price axis; a refused one is skipped.
+    kl = lake.get().slice("klines", symbol, [day - timedelta(days=1), day])
+    klines = kl.read(["open_time", "low", "high"]).to_pandas() if kl.present and folder.is_dir() else None
+    shots, skipped = daily.read_day(folder, symbol, day, klines)
     if not folder.is_dir():
         note_missing_folder(context, folder)  # the metadata says it on every partition; the log once
     else:
@@ -81,10 +90,13 @@ def coinglass_levels(context: AssetExecutionContext):
         "coinglass_levels": AssetIn(),
         "liquidation_heatmap": AssetIn(),
         "liquidation_levels": AssetIn(),
+        "predicted_liquidations": AssetIn(),
         "klines": AssetIn(partition_mapping=_DAY_AND_PREVIOUS),
         "forced_liquidations": AssetIn(partition_mapping=_DAY_AND_NEXT),
     },
-    description="Hit rate, precision and rank correlation against each Coinglass screenshot; precision@k and "
+    description="Predicted against forced liquidated USD hour by hour (correlation, ratio of totals) and the "
+    "share of liquidated USD at prices where the map had mass, each beside a price-path baseline; hit rate, "
+    "precision and rank correlation against each Coinglass screenshot; precision@k and "
     "recall of the hourly zones against real forced liquidations of the next 24 h, beside a naive baseline. A "
     "backtest scores the liquidations in the lake: before the next day is ingested it is partial (complete=False, "
     "horizon_end says how far it reaches); re-materialize it after the next day's forced_liquidations arrive.",
@@ -95,6 +107,7 @@ def validation_scores(
     coinglass_levels: LakeSlice,
     liquidation_heatmap: LakeSlice,
     liquidation_levels: LakeSlice,
+    predicted_liquidations: LakeSlice,
     klines: LakeSlice,
     forced_liquidations: LakeSlice,
 ):
@@ -114,6 +127,7 @@ def validation_scores(
         liquidations=forced_liquidations.read().to_pandas() if forced_liquidations.present else None,
         price_bin=load_registry().get(symbol).price_bin,
         liquidation_rows=truth,
+        predicted=predicted_liquidations.read().to_pandas() if predicted_liquidations.present else None,
     )
     horizon = daily.horizon_status(df, day, truth)
     if horizon.startswith("partial"):
@@ -135,4 +149,48 @@ def validation_scores(
     )
 
 
+class CalibrationWindow(Config):
+    """The screenshots a calibration fits and scores: captured from `start` to `end` (UTC days, inclusive)."""
+
+    start: str = Field(default="", description="First capture day, YYYY-MM-DD; empty = 7 days up to end")
+    end: str = Field(
+        default="", description="Last capture day, YYYY-MM-DD; empty = the newest screenshot's day"
+    )
+
+
+@asset(
+    group_name="validation",
+    partitions_def=SYMBOLS,
+    kinds={"json", "ocr"},
+    description="The model's leverage mix, position size and lookback fitted to the Coinglass screenshots of a "
+    "window (run config; default the 7 days up to the newest screenshot): fitted on the earlier screenshots, scored "
+    "with the defaults on the later ones. Written to <data dir>/calibration/<SYMBOL>.json; the model uses it when it "
+    "beats the defaults there (run config still overrides). Reads the lake's raw tables and LIQ_SCREENSHOT_DIR.",
+)
+def model_calibration(
+    context: AssetExecutionContext, config: CalibrationWindow, lake: LakeResource
+) -> MaterializeResult:
+    symbol, folder = context.partition_key, screenshot_dir()
+    start, end = calibration.window(folder, symbol, config.start, config.end)
+    result = calibration.calibrate(symbol, start, end, folder, lake.get())
+    path = calibration.save(lake.get(), result)
+    context.log.info(calibration.format_result(result))
+    return MaterializeResult(
+        metadata={
+            "window": f"{start} .. {end}",
+            "params": MetadataValue.json(result.params),
+            "holdout": MetadataValue.json(result.holdout),
+            "default holdout": MetadataValue.json(result.default_holdout),
+            "train": MetadataValue.json(result.train),
+            "beats defaults (used by the model)": result.beats_defaults,
+            "screenshots (train / holdout)": f"{result.n_train} / {result.n_holdout}",
+            "trials": result.trials,
+            "seconds": result.seconds,
+            "file": MetadataValue.path(str(path)),
+        }
+    )
+
+
 VALIDATION_ASSETS = [coinglass_levels, validation_scores]
+# Partitioned by symbol, not date|symbol: kept apart so a run of the daily assets never selects it.
+CALIBRATION_ASSETS = [model_calibration]

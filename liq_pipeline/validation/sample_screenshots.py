@@ -22,10 +22,13 @@ from liq_pipeline.validation.coinglass_render import render_screenshot
 PEER = {"leverage_weights": (0.05, 0.15, 0.30, 0.30, 0.20), "position_usd": 40_000.0}
 
 
-def write_sample_screenshot(lake: Lake, folder: Path, symbol: str, at: datetime) -> Path:
-    """Render the 24 hours before `at` (UTC, on a 5-minute boundary) as `coinglass_{sym}_m1_24hour_...png`."""
+def write_sample_screenshot(
+    lake: Lake, folder: Path, symbol: str, at: datetime, params: dict | None = None
+) -> Path:
+    """Render the 24 hours before `at` (UTC, on a 5-minute boundary) as `coinglass_{sym}_m1_24hour_...png`.
+    `params`: the drawn model's parameters (default PEER; tests draw hidden ones to calibrate against)."""
     spec = load_registry().get(symbol)
-    cfg = ModelConfig.for_symbol(spec, **PEER)
+    cfg = ModelConfig.for_symbol(spec, **(PEER if params is None else params))
     day = at.date() if at.time() != datetime.min.time() else (at - timedelta(days=1)).date()
     slices = [
         lake.slice(t, symbol, [day - timedelta(days=i) for i in range(cfg.lookback_days - 1, -1, -1)])
