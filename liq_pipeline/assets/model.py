@@ -90,7 +90,8 @@ def _check(asset: str, name: str, description: str) -> AssetCheckSpec:
         HEATMAP: AssetOut(
             io_manager_key="lake_io_manager",
             kinds={"parquet", "numpy"},
-            description="Open notional (USD) per 5-minute step and liquidation-price bin, longs and shorts apart: "
+            description="Open positions per 5-minute step and liquidation-price bin, longs and shorts apart, in USD "
+            "at the bin's price and weighted by age over the lookback: "
             "the Coinglass-style heatmap. A row holds the state at `as_of` = `ts` + step, after the candle of the step "
             "that starts at `ts`. Only non-empty cells are written.",
         ),
