@@ -21,6 +21,7 @@ from dagster import (
 from pydantic import Field
 
 from liq_pipeline import checks, model_io, staleness
+from liq_pipeline.automation import RECOMPUTE_WHEN_INPUTS_UPDATE
 from liq_pipeline.lake import Lake, LakeSlice
 from liq_pipeline.model import ModelConfig, heatmap_png
 from liq_pipeline.model.config import DEFAULT_LOOKBACK_DAYS, DEFAULT_POSITION_USD, MAX_LOOKBACK_DAYS
@@ -89,6 +90,7 @@ def _check(asset: str, name: str, description: str) -> AssetCheckSpec:
     outs={
         HEATMAP: AssetOut(
             io_manager_key="lake_io_manager",
+            automation_condition=RECOMPUTE_WHEN_INPUTS_UPDATE,
             kinds={"parquet", "numpy"},
             description="Open positions per 5-minute step and liquidation-price bin, longs and shorts apart, in USD "
             "at the bin's price and weighted by age over the lookback: "
@@ -97,12 +99,14 @@ def _check(asset: str, name: str, description: str) -> AssetCheckSpec:
         ),
         LEVELS: AssetOut(
             io_manager_key="lake_io_manager",
+            automation_condition=RECOMPUTE_WHEN_INPUTS_UPDATE,
             kinds={"parquet"},
             description="The strongest liquidation zones (neighbouring bins merged) at each hour and at the end "
             "of the day (`is_end`), ranked per side, with their distance from the price then.",
         ),
         EVENTS: AssetOut(
             io_manager_key="lake_io_manager",
+            automation_condition=RECOMPUTE_WHEN_INPUTS_UPDATE,
             kinds={"parquet"},
             description="The model's liquidation events: where price ran through a level during the day.",
         ),

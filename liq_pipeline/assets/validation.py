@@ -16,6 +16,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from liq_pipeline.automation import RECOMPUTE_WHEN_INPUTS_UPDATE
 from liq_pipeline.lake import LakeSlice
 from liq_pipeline.partitions import SYMBOL_DATE, SYMBOLS, lookback_mapping, split_key
 from liq_pipeline.resources import LakeResource
@@ -86,6 +87,7 @@ def coinglass_levels(context: AssetExecutionContext, lake: LakeResource):
     group_name="validation",
     partitions_def=SYMBOL_DATE,
     io_manager_key="lake_io_manager",
+    automation_condition=RECOMPUTE_WHEN_INPUTS_UPDATE,
     ins={
         "coinglass_levels": AssetIn(),
         "liquidation_heatmap": AssetIn(),
