@@ -132,6 +132,21 @@ def failure_message(result) -> str:
     return "\n".join(parts)
 
 
+@pytest.fixture
+def resources(mirror, tmp_path, monkeypatch) -> dict:
+    """Resources for in-process runs: the test's copy of the mirror into a lake under tmp_path, screenshots from
+    tmp_path/shots."""
+    from liq_pipeline.resources import ArchiveSource, LakeIOManager, LakeResource
+
+    monkeypatch.setenv("LIQ_ARCHIVE_ROOT", str(mirror))
+    monkeypatch.setenv("LIQ_SCREENSHOT_DIR", str(tmp_path / "shots"))
+    return {
+        "lake_io_manager": LakeIOManager(data_dir=str(tmp_path)),
+        "lake": LakeResource(data_dir=str(tmp_path)),
+        "archive": ArchiveSource(source="local"),
+    }
+
+
 def local_resources() -> dict:
     """Resources for in-process runs reading the `local` mirror at $LIQ_ARCHIVE_ROOT into the lake at $LIQ_DATA_DIR."""
     from liq_pipeline.resources import ArchiveSource, LakeIOManager, LakeResource

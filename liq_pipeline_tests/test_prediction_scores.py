@@ -12,7 +12,6 @@ from liq_pipeline.assets.raw import RAW_ASSETS
 from liq_pipeline.assets.validation import VALIDATION_ASSETS
 from liq_pipeline.lake import Lake
 from liq_pipeline.partitions import partition_key
-from liq_pipeline.resources import ArchiveSource, LakeIOManager, LakeResource
 from liq_pipeline.validation.report import SCORES_TABLE, validation_report
 from liq_pipeline.validation.scores import hourly_liquidation_scores, reached_price_recall, summarise
 
@@ -230,23 +229,6 @@ def test_summary_pools_the_ratio_of_totals_and_weights_correlations_by_hours():
 # --- a lake written by the pipeline --------------------------------------------------------------------------------
 
 
-# the symbol-day validation assets (the module may hold assets partitioned otherwise)
-DAILY_VALIDATION = [
-    a for a in VALIDATION_ASSETS if a.key.path[-1] in ("coinglass_levels", "validation_scores")
-]
-
-
-@pytest.fixture
-def resources(mirror, tmp_path, monkeypatch):
-    monkeypatch.setenv("LIQ_ARCHIVE_ROOT", str(mirror))
-    monkeypatch.setenv("LIQ_SCREENSHOT_DIR", str(tmp_path / "shots"))
-    return {
-        "lake_io_manager": LakeIOManager(data_dir=str(tmp_path)),
-        "lake": LakeResource(data_dir=str(tmp_path)),
-        "archive": ArchiveSource(source="local"),
-    }
-
-
 def _materialize(resources, selection, symbol, day):
     result = materialize(
         [*RAW_ASSETS, *MODEL_ASSETS, *VALIDATION_ASSETS],
@@ -264,7 +246,7 @@ def test_validation_scores_carry_the_claim_scores_and_the_report_leads_with_them
     lake = Lake.at(tmp_path)
     _materialize(resources, RAW_ASSETS, symbol, nxt)
     _materialize(resources, [*RAW_ASSETS, *MODEL_ASSETS], symbol, day)
-    _materialize(resources, DAILY_VALIDATION, symbol, day)
+    _materialize(resources, VALIDATION_ASSETS, symbol, day)
     scores = lake.read(SCORES_TABLE, symbol, [day]).to_pandas()
 
     (hourly,) = scores[scores["kind"] == "hourly_usd"].to_dict("records")

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-import pytest
 from dagster import materialize
 
 from liq_pipeline.assets.model import MODEL_ASSETS
@@ -14,7 +13,6 @@ from liq_pipeline.assets.raw import RAW_ASSETS
 from liq_pipeline.assets.validation import VALIDATION_ASSETS
 from liq_pipeline.lake import Lake
 from liq_pipeline.partitions import partition_key
-from liq_pipeline.resources import ArchiveSource, LakeIOManager, LakeResource
 from liq_pipeline.sensors import rescore_scan
 from liq_pipeline.validation.daily import (
     SCORES_TABLE,
@@ -185,17 +183,6 @@ def test_the_archive_last_day_is_partial_for_good_and_never_due(tmp_path):
 
 
 # --- through Dagster, on the sample mirror -------------------------------------------------------------------------
-
-
-@pytest.fixture
-def resources(mirror, tmp_path, monkeypatch):
-    monkeypatch.setenv("LIQ_ARCHIVE_ROOT", str(mirror))
-    monkeypatch.setenv("LIQ_SCREENSHOT_DIR", str(tmp_path / "shots"))
-    return {
-        "lake_io_manager": LakeIOManager(data_dir=str(tmp_path)),
-        "lake": LakeResource(data_dir=str(tmp_path)),
-        "archive": ArchiveSource(source="local"),
-    }
 
 
 def _materialize(resources, selection, day):
