@@ -266,8 +266,8 @@ def events_table(result: ModelResult) -> pa.Table:
 
 
 def invariant_failures(result: ModelResult, inputs: ModelInputs, rel_tol: float = 1e-9) -> list[str]:
-    """The model's invariants on one replay (conservation, no level inside its step's range, open notional <= open
-    interest); an empty list means they hold."""
+    """The model's invariants on one replay (conservation in coins, no level inside its step's range but the step's own
+    new ones, coins held <= open interest); an empty list means they hold."""
     problems = []
     for side, ledger in result.ledger.items():
         total = ledger["open"] + ledger["closed"] + ledger["liquidated"]

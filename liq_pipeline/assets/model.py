@@ -119,7 +119,11 @@ def _check(asset: str, name: str, description: str) -> AssetCheckSpec:
     partitions_def=SYMBOL_DATE,
     group_name="model",
     check_specs=[
-        _check(HEATMAP, "invariants", "Conservation, no level inside the step's range, open notional <= OI"),
+        _check(
+            HEATMAP,
+            "invariants",
+            "Conservation in coins, no level inside the step's range (but the step's own new ones), coins held <= OI",
+        ),
         _check(HEATMAP, "not_empty_when_oi_moved", "The heatmap has mass when open interest changed"),
     ],
 )
