@@ -347,27 +347,9 @@ def test_lookback_changes_the_map_and_the_window_drops_older_steps():
     assert sum(end[14].values()) > sum(end[1].values())
     # a 2-day lookback replays only the last two days, whatever it is given
     assert maps[2].info["dropped_steps"] == 12 * 288
-    tail = _slice(inputs, 12 * 288)
+    tail = inputs.steps(12 * 288)
     alone = run_model(BTC, ModelConfig.for_symbol(BTC, lookback_days=2), tail, keep_from=288)
     assert alone.long_usd.tobytes() == maps[2].long_usd.tobytes()
-
-
-def _slice(inputs: ModelInputs, first: int, last: int | None = None) -> ModelInputs:
-    """Steps [first, last) of ``inputs``."""
-    last = inputs.n_steps if last is None else last
-    keep = (inputs.profile_step >= first) & (inputs.profile_step < last)
-    return ModelInputs(
-        ts=inputs.ts[first:last],
-        open=inputs.open[first:last],
-        high=inputs.high[first:last],
-        low=inputs.low[first:last],
-        close=inputs.close[first:last],
-        oi=inputs.oi[first:last],
-        oi_start=inputs.oi[first - 1] if first else None,
-        profile_step=inputs.profile_step[keep] - first,
-        profile_price=inputs.profile_price[keep],
-        profile_qty=inputs.profile_qty[keep],
-    )
 
 
 def test_the_map_at_a_time_is_the_same_whichever_days_replay_computes_it():
@@ -376,8 +358,8 @@ def test_the_map_at_a_time_is_the_same_whichever_days_replay_computes_it():
     # one step only.
     inputs = synthetic_inputs(3 * 288, seed=21, oi_vol=5.0)
     cfg = ModelConfig.for_symbol(BTC, lookback_days=2)
-    day2 = run_model(BTC, cfg, _slice(inputs, 0, 2 * 288), keep_from=288)
-    day3 = run_model(BTC, cfg, _slice(inputs, 288), keep_from=287)  # from day 2's last step on
+    day2 = run_model(BTC, cfg, inputs.steps(0, 2 * 288), keep_from=288)
+    day3 = run_model(BTC, cfg, inputs.steps(288), keep_from=287)  # from day 2's last step on
     a = dict(zip(day2.prices.tolist(), day2.intensity()[-1].tolist()))
     b = dict(zip(day3.prices.tolist(), day3.intensity()[0].tolist()))
     shared = {p: v for p, v in a.items() if v > 0}

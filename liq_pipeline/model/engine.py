@@ -196,6 +196,32 @@ class ModelInputs:
     def has_profile(self) -> bool:
         return self.profile_step is not None
 
+    def steps(self, lo: int, hi: int | None = None) -> ModelInputs:
+        """Steps ``[lo, hi)``, as if read for that window: profile rows re-indexed, ``oi_start`` the reading that ends
+        the step before ``lo``."""
+        hi = self.n_steps if hi is None else hi
+        cut = slice(lo, hi)
+        kw = {}
+        if self.has_profile:
+            rows = (self.profile_step >= lo) & (self.profile_step < hi)
+            kw = {
+                "profile_step": self.profile_step[rows] - lo,
+                "profile_price": self.profile_price[rows],
+                "profile_qty": self.profile_qty[rows],
+            }
+        if self.taker_buy is not None:
+            kw.update(taker_buy=self.taker_buy[cut], taker_sell=self.taker_sell[cut])
+        return ModelInputs(
+            ts=self.ts[cut],
+            open=self.open[cut],
+            high=self.high[cut],
+            low=self.low[cut],
+            close=self.close[cut],
+            oi=self.oi[cut],
+            oi_start=self.oi[lo - 1] if lo > 0 else self.oi_start,
+            **kw,
+        )
+
 
 @dataclass(eq=False)
 class ModelResult:
@@ -413,30 +439,6 @@ def _cohorts(ts: np.ndarray, cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
     if n_days == 1:
         return cohort, np.ones((ts.size, 1))  # a one-day window: today's positions at full weight
     return cohort, np.clip((n_days * _DAY_NS - age) / ((n_days - 1) * _DAY_NS), 0.0, 1.0)
-
-
-def _slice_steps(inputs: ModelInputs, first: int) -> ModelInputs:
-    """The inputs from step ``first`` on (profile rows re-indexed)."""
-    kw = {}
-    if inputs.has_profile:
-        keep = inputs.profile_step >= first
-        kw = {
-            "profile_step": inputs.profile_step[keep] - first,
-            "profile_price": inputs.profile_price[keep],
-            "profile_qty": inputs.profile_qty[keep],
-        }
-    if inputs.taker_buy is not None:
-        kw.update(taker_buy=inputs.taker_buy[first:], taker_sell=inputs.taker_sell[first:])
-    return ModelInputs(
-        ts=inputs.ts[first:],
-        open=inputs.open[first:],
-        high=inputs.high[first:],
-        low=inputs.low[first:],
-        close=inputs.close[first:],
-        oi=inputs.oi[first:],
-        oi_start=inputs.oi[first - 1],
-        **kw,
-    )
 
 
 def _price_grid(spec: SymbolSpec, cfg: ModelConfig, inputs: ModelInputs, tier, lev: np.ndarray):
@@ -666,7 +668,7 @@ def run_model(spec: SymbolSpec, config: ModelConfig, inputs: ModelInputs, *, kee
     keep = _resolve_keep_from(keep_from, inputs.ts)
     first = int(np.searchsorted(inputs.ts, _window_start(inputs.ts, cfg), side="left"))
     if first:
-        inputs, keep = _slice_steps(inputs, first), max(keep - first, 0)
+        inputs, keep = inputs.steps(first), max(keep - first, 0)
     tier = representative_tier(spec, cfg.position_usd)
     lev = np.asarray(cfg.leverage, dtype=np.float64)
     prices, k_min = _price_grid(spec, cfg, inputs, tier, lev)

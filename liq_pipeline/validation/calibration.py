@@ -18,7 +18,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -150,26 +150,6 @@ def split_in_time(
 # --- replaying trials ----------------------------------------------------------------------------------------------
 
 
-def _slice_inputs(inputs: ModelInputs, lo: int, hi: int) -> ModelInputs:
-    """Steps [lo, hi) of `inputs` as `load_inputs` would read them for that window: the volume profile re-indexed,
-    open interest at the window's start from the step before it."""
-    n = inputs.n_steps
-    values: dict[str, Any] = {}
-    for f in fields(inputs):
-        v = getattr(inputs, f.name)
-        if f.name.startswith("profile_"):
-            continue
-        values[f.name] = v[lo:hi] if isinstance(v, np.ndarray) and v.shape[:1] == (n,) else v
-    if "oi_start" in values and lo > 0:
-        values["oi_start"] = float(inputs.oi[lo - 1])
-    if inputs.has_profile:
-        rows = (inputs.profile_step >= lo) & (inputs.profile_step < hi)
-        values["profile_step"] = inputs.profile_step[rows] - lo
-        values["profile_price"] = inputs.profile_price[rows]
-        values["profile_qty"] = inputs.profile_qty[rows]
-    return ModelInputs(**values)
-
-
 def state_time(shot: Shot, step_minutes: int) -> pd.Timestamp:
     """The model state a screenshot is compared with: the last step ended by its capture (as `validation_scores`)."""
     return pd.Timestamp(shot.captured_at).floor(timedelta(minutes=step_minutes))
@@ -203,7 +183,7 @@ class Replayer:
             ts = _ns(self.inputs.ts)
             lo = np.searchsorted(ts, pd.Timestamp(day - timedelta(days=lookback - 1)).value)
             hi = np.searchsorted(ts, pd.Timestamp(day + timedelta(days=1)).value)
-            self._cache[key] = _slice_inputs(self.inputs, int(lo), int(hi))
+            self._cache[key] = self.inputs.steps(int(lo), int(hi))
         return self._cache[key]
 
     def score(self, config: ModelConfig, shots: Sequence[Shot]) -> dict[str, Any]:
