@@ -13,6 +13,8 @@ dropped and counted. Values are checked too: see `check_values`.
 from __future__ import annotations
 
 import csv
+import functools
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -243,13 +245,17 @@ def parse_file(path: Path, fmt: ArchiveFormat, symbol: str, day: date, origin: s
             f"{name}: {dropped} of {table.num_rows} rows fall outside {day} (first at {bad[ts_col][0]}). "
             f"The file belongs to another day; fetch {symbol}'s file for {day}."
         )
-    table = _sort_unique(kept, fmt.key)
+    table = sort_unique(kept, fmt.key)
     check_values(table, fmt, name)
+    return Parsed(with_partition_columns(table, symbol, day), dropped if fmt.period == "daily" else 0)
+
+
+def with_partition_columns(table: pa.Table, symbol: str, day: date) -> pa.Table:
+    """The lake's leading `symbol` (dictionary-encoded) and `date` columns, added to a table of format columns."""
     n = table.num_rows
-    table = table.add_column(0, "date", pa.array(np.full(n, day), pa.date32())).add_column(
+    return table.add_column(0, "date", pa.array(np.full(n, day), pa.date32())).add_column(
         0, "symbol", pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([symbol]))
     )
-    return Parsed(table, dropped if fmt.period == "daily" else 0)
 
 
 def _read(path: Path, fmt: ArchiveFormat, symbol: str, name: str) -> pa.Table:
@@ -279,6 +285,15 @@ def _read(path: Path, fmt: ArchiveFormat, symbol: str, name: str) -> pa.Table:
             )
         table = table.drop_columns(["_file_symbol"])
     return table
+
+
+@functools.cache
+def lake_schema(fmt: ArchiveFormat) -> pa.Schema:
+    """The lake columns of a format, typed as the ingest types them (without the leading symbol and date)."""
+    with tempfile.TemporaryDirectory(prefix="liq-schema-") as tmp:
+        path = Path(tmp) / "empty.csv"
+        path.write_text(",".join(fmt.column_names) + "\n")
+        return _read(path, fmt, "", str(path)).schema
 
 
 def _time_column(table: pa.Table) -> str:
@@ -386,7 +401,7 @@ def _raise_if_bad(
     )
 
 
-def _sort_unique(table: pa.Table, key: str) -> pa.Table:
+def sort_unique(table: pa.Table, key: str) -> pa.Table:
     """Order by key and drop repeats. Sorted, unique files (the usual case) cost one vectorised check."""
     if key == "*":  # no id column: a repeat is a whole repeated row
         con = duckdb.connect()

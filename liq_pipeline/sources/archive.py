@@ -24,7 +24,8 @@ from tqdm import tqdm
 from urllib3.exceptions import InvalidHeader
 from urllib3.util import Retry
 
-from liq_pipeline.formats import ArchiveFormat, FormatError, parse_csv, parse_file
+from liq_pipeline.formats import ArchiveFormat, FormatError, parse_file
+from liq_pipeline.formats.binance import lake_schema, with_partition_columns
 from liq_pipeline.lake import data_dir, exclusive_folder
 from liq_pipeline.symbols import load_registry
 
@@ -388,7 +389,4 @@ def _legitimately_missing(fmt: ArchiveFormat, day: date) -> str | None:
 
 def empty_table(fmt: ArchiveFormat, symbol: str, day: date) -> pa.Table:
     """A zero-row table with the lake schema of this format."""
-    with tempfile.TemporaryDirectory(prefix="liq-empty-") as tmp:
-        path = Path(tmp) / "empty.csv"
-        path.write_text(",".join(fmt.column_names) + "\n")
-        return parse_csv(path, fmt, symbol, day)
+    return with_partition_columns(lake_schema(fmt).empty_table(), symbol, day)
