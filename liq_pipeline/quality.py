@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from liq_pipeline.lake import Lake
+from liq_pipeline.live.partition import live_info
 
 MINUTE_US = 60_000_000
 HOUR_US = 60 * MINUTE_US
@@ -171,6 +173,24 @@ def foreign_share(points: np.ndarray, reference: np.ndarray, tolerance: float) -
     return float(outside.mean()), lo, hi
 
 
+def live_windows(path: Path) -> list[tuple[int, int]] | None:
+    """The stretches of the day a live partition (written by `liq collect`) saw, as [start, end) µs; None for a
+    partition that holds the archive's rows."""
+    info = live_info(path)
+    if info is None or not info.live:
+        return None
+    return [(start * 1000, end * 1000) for start, end in info.coverage]
+
+
+def rows_within(table: pa.Table, windows_us: list[tuple[int, int]]) -> pa.Table:
+    """The rows of a raw table whose time (open_time for klines, else ts) lies in one of the windows."""
+    ts = _ts(table, "open_time" if "open_time" in table.column_names else "ts")
+    keep = np.zeros(len(ts), dtype=bool)
+    for start, end in windows_us:
+        keep |= (ts >= start) & (ts < end)
+    return table.filter(pa.array(keep))
+
+
 def lake_price_conflict(
     lake: Lake,
     table_name: str,
@@ -185,7 +205,9 @@ def lake_price_conflict(
 
     Its prices are compared with the other raw tables of the same symbol and day already in the lake. Real files of
     one market and day agree to well within `tolerance` (25 %); a file of another symbol (BTC at 95k under ETH's
-    name at 3.4k) puts nearly all its prices outside. Refused when over `max_share` of them are."""
+    name at 3.4k) puts nearly all its prices outside. Refused when over `max_share` of them are. A live partition
+    (liq collect) may cover only part of the day, and a real day can move more than 25 % beyond a few hours' range:
+    against one, only the file's rows in the hours the stream saw are compared."""
     points = price_points(table_name, table)
     if not points.size:
         return None
@@ -194,15 +216,19 @@ def lake_price_conflict(
         if other == table_name or not path.exists():
             continue
         reference = price_points(other, lake.read(other, symbol, [day], columns=PRICE_COLUMNS[other]))
-        if not reference.size:
+        windows = live_windows(path)
+        compared = points if windows is None else price_points(table_name, rows_within(table, windows))
+        if not reference.size or not compared.size:
             continue
-        share, lo, hi = foreign_share(points, reference, tolerance)
+        share, lo, hi = foreign_share(compared, reference, tolerance)
         if share > max_share:
+            seen = "" if windows is None else ", live rows of liq collect, compared over the hours they cover"
             return (
-                f"{origin}: {share:.0%} of its prices (median {float(np.median(points)):g}) lie far outside "
-                f"{symbol}'s {other} for {day} already in the lake ({lo:g} .. {hi:g}, {path}). The file probably "
-                f"holds another symbol's data: fetch {symbol}'s {table_name} file for {day} again. If the lake's {other} "
-                f"partition is the wrong one, delete {path.parent} and materialize {other} for {day}|{symbol} first."
+                f"{origin}: {share:.0%} of its prices (median {float(np.median(compared)):g}) lie far outside "
+                f"{symbol}'s {other} for {day} already in the lake ({lo:g} .. {hi:g}, {path}{seen}). The file "
+                f"probably holds another symbol's data: fetch {symbol}'s {table_name} file for {day} again. If the "
+                f"lake's {other} partition is the wrong one, delete {path.parent} and materialize {other} for "
+                f"{day}|{symbol} first."
             )
     return None
 

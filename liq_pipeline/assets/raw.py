@@ -1,13 +1,17 @@
 """Raw assets: one per Binance archive format, partitioned `date|symbol`, written to the lake by the IO manager."""
 
+from collections.abc import Iterator
 from datetime import date
 
+import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext, AssetsDefinition, MetadataValue, Output, asset
 
 from liq_pipeline import checks, quality, staleness
 from liq_pipeline.formats import FORMATS, ArchiveFormat
 from liq_pipeline.lake import Lake
+from liq_pipeline.live import handover
+from liq_pipeline.live.partition import LiveInfo
 from liq_pipeline.partitions import SYMBOL_DATE, split_key
 from liq_pipeline.resources import ArchiveSource, LakeResource
 from liq_pipeline.sources.archive import Ingested, ingest
@@ -19,7 +23,8 @@ _DESCRIPTIONS = {
     "funding_rate": "Funding rates (fundingRate monthly files), the partition's day only.",
     "forced_liquidations": (
         "Real forced liquidation orders (liquidationSnapshot daily files, published up to 2024-03-31); "
-        "side is the position liquidated. Empty, with the reason in metadata, for days without a file."
+        "side is the position liquidated. Empty, with the reason in metadata, for days without a file; a live "
+        "partition written by liq collect is kept instead, the only record of those days."
     ),
 }
 
@@ -86,6 +91,29 @@ def lake_metadata(
     return meta
 
 
+def as_metadata(entries: dict) -> dict:
+    """Plain values as Dagster metadata: lists and dicts become JSON, the rest stays as is."""
+    return {k: MetadataValue.json(v) if isinstance(v, list | dict) else v for k, v in entries.items()}
+
+
+def keep_live(
+    lake: Lake, fmt: ArchiveFormat, symbol: str, day: date, result: Ingested, live: pa.Table, info: LiveInfo
+) -> Iterator:
+    """The archive has no file for a day the collector wrote (forced liquidations after 2024-03-31): the live rows
+    are the only record, so they stay. Nothing is written (the output is None): rewriting the same rows would only
+    race a collector still committing to today's partition."""
+    fingerprint = staleness.partition_fingerprint(lake, fmt.table, symbol, day) or ""
+    metadata = {
+        "dagster/row_count": live.num_rows,
+        **({"note": result.note} if result.note else {}),
+        **as_metadata(handover.kept(fmt.kind, live, info.coverage, day)),
+        "path": str(lake.partition_file(fmt.table, symbol, day)),
+        "fingerprint": fingerprint,
+    }
+    yield Output(None, metadata=metadata)
+    yield from checks.run_raw_checks(fmt.table, live, day)
+
+
 def build_raw_asset(fmt: ArchiveFormat) -> AssetsDefinition:
     @asset(
         name=fmt.table,
@@ -103,11 +131,17 @@ def build_raw_asset(fmt: ArchiveFormat) -> AssetsDefinition:
         the_lake = lake.get()
         # Raises before the output exists, so the IO manager writes nothing and the previous partition stays.
         guard_against_lake(the_lake, fmt, symbol, day, result)
+        live = handover.read_live(the_lake, fmt.table, symbol, day)  # before the archive's rows replace it
+        if live is not None and result.fetched is None:
+            yield from keep_live(the_lake, fmt, symbol, day, result, *live)
+            return
         table, fingerprint = staleness.with_fingerprint(result.table)
         metadata = {
             **ingest_metadata(result),
             **lake_metadata(the_lake, fmt, symbol, day, result, fingerprint),
         }
+        if live is not None:
+            metadata.update(as_metadata(handover.compare(fmt.table, live[0], table, live[1].coverage, day)))
         yield Output(table, metadata=metadata)
         yield from checks.run_raw_checks(fmt.table, table, day)
 
