@@ -101,7 +101,9 @@ def coinglass_levels(context: AssetExecutionContext, lake: LakeResource):
     "precision and rank correlation against each Coinglass screenshot; precision@k and "
     "recall of the hourly zones against real forced liquidations of the next 24 h, beside a naive baseline. A "
     "backtest scores the liquidations in the lake: before the next day is ingested it is partial (complete=False, "
-    "horizon_end says how far it reaches); re-materialize it after the next day's forced_liquidations arrive.",
+    "horizon_end says how far it reaches); re-materialize it after the next day's forced_liquidations arrive. After "
+    "2024-03-31 the truth is the live collector's forceOrder recording, only from midnight as far as it was "
+    "recorded without a gap; a day whose recording starts later has no backtest truth.",
 )
 def validation_scores(
     context: AssetExecutionContext,
@@ -117,7 +119,9 @@ def validation_scores(
     files = (
         set(coinglass_levels.read(["file"]).column("file").to_pylist()) if coinglass_levels.present else set()
     )
-    truth = forced_liquidations.rows_by_day()
+    truth = daily.truth_days(
+        forced_liquidations
+    )  # archive days whole, live days as far as they were recorded
     df, shot_rows, notes = daily.score_day(
         screenshot_dir(),
         symbol,
@@ -128,12 +132,12 @@ def validation_scores(
         levels=liquidation_levels.read().to_pandas(),
         liquidations=forced_liquidations.read().to_pandas() if forced_liquidations.present else None,
         price_bin=load_registry().get(symbol).price_bin,
-        liquidation_rows=truth,
+        truth=truth,
         predicted=predicted_liquidations.read().to_pandas() if predicted_liquidations.present else None,
     )
     horizon = daily.horizon_status(df, day, truth)
     if horizon.startswith("partial"):
-        # Expected until D+1 arrives (partial_scores_sensor rescores it): a note, not a warning.
+        # Expected until D+1 arrives or a live day is recorded further (partial_scores_sensor rescores it).
         context.log.info(f"{context.partition_key}: {horizon}")
     upsert_jsonl(
         comparison_jsonl(lake.get()), [comparison_record(symbol, r["ts"], r["file"], r) for r in shot_rows]

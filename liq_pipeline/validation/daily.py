@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from liq_pipeline.lake import Lake
+from liq_pipeline.lake import Lake, LakeSlice
+from liq_pipeline.live.partition import LiveInfo, covered_until, live_info
 from liq_pipeline.sources.archive import LIQUIDATION_SNAPSHOT_LAST_DAY
 from liq_pipeline.validation.scores import (
     DEFAULT_HORIZON_HOURS,
@@ -214,10 +215,11 @@ def hourly_row(
     day: date,
     known_until: pd.Timestamp,
 ) -> dict:
-    """The day's `hourly_liquidation_scores` as one row (`kind` hourly_usd) over the hours whose forced
+    """The day's `hourly_liquidation_scores` as one row (`kind` hourly_usd) over the whole hours whose forced
     liquidations are known."""
     start, full = pd.Timestamp(day), pd.Timestamp(day + timedelta(days=1))
-    end = min(known_until, full)
+    # A live recording may stop mid-hour: that hour is not known whole.
+    end = min(known_until, full).floor("h")
     scores = hourly_liquidation_scores(predicted, liquidations, klines, start, end)
     return {
         "kind": "hourly_usd",
@@ -229,19 +231,113 @@ def hourly_row(
     }
 
 
-def ground_truth_end(day: date, rows_by_day: Mapping[date, int]) -> pd.Timestamp | None:
-    """Until when forced liquidations after the start of `day` are known: the end of the last of the consecutive
-    days from `day` whose forced_liquidations partition is in the lake (`rows_by_day`: rows per present day). None
-    when `day` itself has none. An empty partition after the archive's end is no ground truth (the archive has no
-    file for that day), not a day without liquidations."""
+# A live recording that starts or pauses within this of a boundary is taken as seamless (`covered_until`'s rule).
+LIVE_GAP_MS = 60_000
+ARCHIVE_END_NOTE = (
+    f"the archive publishes USDT-M forced liquidations up to {LIQUIDATION_SNAPSHOT_LAST_DAY} only"
+)
+
+
+@dataclass(frozen=True)
+class TruthDay:
+    """What one day's forced_liquidations partition can vouch for as ground truth.
+
+    An archive partition (`live` False) is a whole day, empty or not, except an empty placeholder after the
+    archive's end (no file exists: not a day without liquidations). A live partition holds only what the collector
+    saw while its forceOrder stream was connected, so it vouches from midnight until `covered_until` (None: the
+    recording did not start at midnight). `recorded_from` / `recorded_until`: the first and last recorded times,
+    which say why the truth stops where it does."""
+
+    rows: int
+    live: bool = False
+    covered_until: pd.Timestamp | None = None
+    recorded_from: pd.Timestamp | None = None
+    recorded_until: pd.Timestamp | None = None
+
+    def end(self, day: date) -> pd.Timestamp | None:
+        """Until when this partition of `day` is truth from midnight; None when it is none."""
+        if not self.live:
+            keep = self.rows > 0 or day <= LIQUIDATION_SNAPSHOT_LAST_DAY
+            return pd.Timestamp(day + timedelta(days=1)) if keep else None
+        return self.covered_until
+
+
+def truth_days(forced: LakeSlice) -> dict[date, TruthDay]:
+    """The `TruthDay` of each present day of a forced_liquidations slice, from the Parquet footers only."""
+    out = {}
+    for day, path in zip(forced.present, forced.files, strict=True):
+        info = live_info(path)
+        if info is None:  # replaced or deleted since the slice was taken: as if missing
+            continue
+        out[day] = _live_truth(day, info) if info.live else TruthDay(info.rows)
+    return out
+
+
+def _live_truth(day: date, info: LiveInfo) -> TruthDay:
+    """A live partition's truth: covered from midnight until `covered_until`; a recording that reaches within
+    `LIVE_GAP_MS` of the next midnight reaches it (the collector's coverage is cut at the day's end)."""
+    midnight = pd.Timestamp(day + timedelta(days=1))
+    until = covered_until(info.coverage, day, max_gap_ms=LIVE_GAP_MS)
+    end = None if until is None else pd.Timestamp(until)
+    if end is not None and end >= midnight - pd.Timedelta(milliseconds=LIVE_GAP_MS):
+        end = midnight
+    spans = sorted(info.coverage)
+    first = pd.Timestamp(spans[0][0], unit="ms") if spans else None
+    last = pd.Timestamp(max(e for _, e in spans), unit="ms") if spans else None
+    return TruthDay(info.rows, live=True, covered_until=end, recorded_from=first, recorded_until=last)
+
+
+def _as_truth(value: int | TruthDay) -> TruthDay:
+    """Row counts (the archive-only form callers and tests pass) as archive `TruthDay`s."""
+    return value if isinstance(value, TruthDay) else TruthDay(int(value))
+
+
+def truth_horizon(day: date, truth: Mapping[date, int | TruthDay]) -> tuple[pd.Timestamp | None, date]:
+    """How far forced liquidations after the start of `day` are known, and the day where that stops: the days from
+    `day` whose partitions each vouch for their whole day chain on; the first that does not (missing, an archive
+    placeholder, a live recording that is not seamless to midnight) ends the horizon where its own truth ends."""
     end, d = None, day
-    while d in rows_by_day and (rows_by_day[d] > 0 or d <= LIQUIDATION_SNAPSHOT_LAST_DAY):
+    while d in truth:
+        reach = _as_truth(truth[d]).end(d)
+        if reach is None:
+            break
+        end = reach
         d += timedelta(days=1)
-        end = pd.Timestamp(d)
-    return end
+        if reach < pd.Timestamp(d):
+            return end, d - timedelta(days=1)
+    return end, d
 
 
-def horizon_status(scores: pd.DataFrame, day: date, rows_by_day: Mapping[date, int]) -> str:
+def ground_truth_end(day: date, truth: Mapping[date, int | TruthDay]) -> pd.Timestamp | None:
+    """Until when forced liquidations after the start of `day` are known (`truth_horizon`); None when `day` itself
+    gives none. `truth`: a `TruthDay` per present day (`truth_days`), or its row count for archive partitions."""
+    return truth_horizon(day, truth)[0]
+
+
+def why_truth_stops(stop: date, truth: Mapping[date, int | TruthDay]) -> tuple[str, bool]:
+    """Why forced liquidations are not known past some time of `stop`, and whether that is final (nothing the
+    lake can receive later would extend it: the stream cannot be replayed, the archive will not publish)."""
+    if stop not in truth:
+        return f"{stop}'s forced_liquidations partition is not in the lake yet", False
+    t = _as_truth(truth[stop])
+    if not t.live:
+        return f"{stop} has no forced liquidations ({ARCHIVE_END_NOTE})", True
+    if t.covered_until is None:
+        since = f"only from {t.recorded_from:%H:%M}" if t.recorded_from is not None else "for none of the day"
+        return (
+            f"forced liquidations for {stop} were recorded live {since}; "
+            "the backtest needs the whole horizon from midnight",
+            True,
+        )
+    head = (
+        f"forced liquidations for {stop} were recorded live without a gap only until {t.covered_until:%H:%M}"
+    )
+    if t.recorded_until is not None and t.recorded_until > t.covered_until:
+        return f"{head} (the stream then missed some: it cannot be replayed)", True
+    return head, False
+
+
+def horizon_status(scores: pd.DataFrame, day: date, truth: Mapping[date, int | TruthDay]) -> str:
     """One line for the asset's metadata: whether every backtest covers its 24 hours and, if not, what to wait for."""
     backtests = scores[scores["kind"] == "backtest"] if len(scores) else scores
     if backtests.empty:
@@ -249,23 +345,24 @@ def horizon_status(scores: pd.DataFrame, day: date, rows_by_day: Mapping[date, i
     short = backtests[~backtests["complete"].astype(bool)]
     if short.empty:
         return f"complete: each of the {len(backtests)} backtests covers the 24 h after its snapshot"
-    known = ground_truth_end(day, rows_by_day)
-    first_missing = known.date() if known is not None else day
+    known, stop = truth_horizon(day, truth)
     head = (
         f"partial: {len(short)} of {len(backtests)} backtests cover less than 24 h (forced liquidations known "
         f"{'up to ' + str(known) if known is not None else 'for none of the horizon'})"
     )
-    end = f"the archive publishes USDT-M forced liquidations up to {LIQUIDATION_SNAPSHOT_LAST_DAY} only"
-    if first_missing in rows_by_day:  # present but empty after the archive's end: nothing more will come
-        return f"{head}; final: {first_missing} has no forced liquidations ({end})"
-    return f"{head}; re-materialize after {first_missing}'s forced_liquidations is ingested"
+    why, final = why_truth_stops(stop, truth)
+    if final:
+        return f"{head}; final: {why}"
+    if stop in truth:  # a live recording still short of its day's end: rescored when it records more
+        return f"{head}; {why} so far: rescored when the collector records further"
+    return f"{head}; re-materialize after {stop}'s forced_liquidations is ingested"
 
 
 def rescore_due(lake: Lake, symbol: str, day: date) -> pd.Timestamp | None:
     """Until when forced liquidations are now known, if the stored validation_scores partition of `symbol` on `day`
-    is partial and the lake knows further than it was scored with (typically: the next day's partition arrived);
-    None when nothing is due. A sensor re-materializes the partitions that answer a time; a re-scored partition
-    then answers None."""
+    is partial and the lake knows further than it was scored with (the next day's partition arrived, the collector
+    recorded more of a live day, the archive replaced a live partition); None when nothing is due. A sensor
+    re-materializes the partitions that answer a time; a re-scored partition then answers None."""
     if not lake.exists(SCORES_TABLE, symbol, day):
         return None
     stored = lake.read(SCORES_TABLE, symbol, [day]).to_pandas()
@@ -274,7 +371,7 @@ def rescore_due(lake: Lake, symbol: str, day: date) -> pd.Timestamp | None:
     short = stored[(stored["kind"] == "backtest") & ~stored["complete"].astype(bool)]
     if short.empty:
         return None
-    truth = lake.slice("forced_liquidations", symbol, [day, day + timedelta(days=1)]).rows_by_day()
+    truth = truth_days(lake.slice("forced_liquidations", symbol, [day, day + timedelta(days=1)]))
     known = ground_truth_end(day, truth)
     return known if known is not None and bool((short["horizon_end"] < known).any()) else None
 
@@ -290,15 +387,18 @@ def score_day(
     liquidations: pd.DataFrame | None,
     price_bin: float,
     step: timedelta = timedelta(minutes=5),
-    liquidation_rows: Mapping[date, int] | None = None,
+    truth: Mapping[date, int | TruthDay] | None = None,
     predicted: pd.DataFrame | None = None,
+    liquidation_rows: Mapping[date, int | TruthDay] | None = None,
 ) -> tuple[pd.DataFrame, list[dict], list[str]]:
     """The day's scores table, the per-screenshot rows (for the JSONL), and what could not be scored and why.
 
     `files` are the screenshots `coinglass_levels` read for this partition; they are read again here for their
-    full intensity profiles, which that table does not keep. `liquidation_rows`: rows of each forced_liquidations
-    partition present among the day and the next (default: counted from `liquidations`' `date` column); it says
-    how far the backtest's ground truth reaches (`ground_truth_end`). `predicted`: the model's
+    full intensity profiles, which that table does not keep. `truth`: the `TruthDay` (or, for archive partitions,
+    the row count) of each forced_liquidations partition present among the day and the next (`truth_days`;
+    default: archive days counted from `liquidations`' `date` column; `liquidation_rows` is its former name); it
+    says how far the backtest's ground truth reaches (`ground_truth_end`), and `liquidations` are cut there, so rows
+    a live partition holds after a gap in its recording are never compared. `predicted`: the model's
     predicted_liquidations of the day, scored hour by hour against the forced ones (one `hourly_usd` row).
     """
     shots = [s for s in read_day(folder, symbol, day, klines)[0] if s.path.name in files]
@@ -306,18 +406,12 @@ def score_day(
     notes = []
     if not shots:
         notes.append("no Coinglass screenshot for this day: no hit rate")
-    if liquidation_rows is None:
-        liquidation_rows = _rows_by_day(liquidations)
-    known_until = ground_truth_end(day, liquidation_rows)
+    truth = truth if truth is not None else liquidation_rows
+    truth = truth if truth is not None else _rows_by_day(liquidations)
+    known_until = ground_truth_end(day, truth)
+    liquidations = known_part(liquidations, known_until)
     if known_until is None:
-        notes.append(
-            f"no forced liquidations for {day}: "
-            + (
-                f"the archive publishes USDT-M forced liquidations up to {LIQUIDATION_SNAPSHOT_LAST_DAY} only"
-                if day in liquidation_rows
-                else "its forced_liquidations partition is not in the lake yet"
-            )
-        )
+        notes.append(no_truth_note(day, truth))
     if levels.empty:
         notes.append(f"no liquidation_levels for {day}: no backtest")
     else:
@@ -330,6 +424,25 @@ def score_day(
         r.setdefault("horizon_end", None)  # a screenshot's score does not depend on what comes after it
         r.setdefault("complete", True)
     return scores_frame(rows, symbol, day), [r for r in rows if r["kind"] == "coinglass"], notes
+
+
+def known_part(liquidations: pd.DataFrame | None, known_until: pd.Timestamp | None) -> pd.DataFrame | None:
+    """The forced liquidations before `known_until` (none when nothing is known): a live partition may hold rows
+    recorded after a gap in its stream, which must not be compared as if the gap had none."""
+    if liquidations is None or "ts" not in liquidations.columns:
+        return liquidations
+    if known_until is None:
+        return liquidations.iloc[:0]
+    return liquidations[pd.to_datetime(liquidations["ts"]) < known_until]
+
+
+def no_truth_note(day: date, truth: Mapping[date, int | TruthDay]) -> str:
+    """Why the day has no ground truth at all, for the asset's `nothing to score`."""
+    if day in truth and _as_truth(truth[day]).live:
+        return why_truth_stops(day, truth)[0]
+    return f"no forced liquidations for {day}: " + (
+        ARCHIVE_END_NOTE if day in truth else "its forced_liquidations partition is not in the lake yet"
+    )
 
 
 def _rows_by_day(liquidations: pd.DataFrame | None) -> dict[date, int]:
