@@ -1,4 +1,4 @@
-"""The `liq` command: demo, serve, screenshot-levels, validate-report, bench."""
+"""The `liq` command: demo, backfill, collect, serve, screenshot-levels, calibrate, sql, validate-report, bench."""
 
 from __future__ import annotations
 
@@ -129,6 +129,25 @@ def cmd_screenshot_levels(args: argparse.Namespace) -> int:
     return screenshot_levels_cli(args.file, args.json, symbol=args.symbol, data_dir=args.data_dir)
 
 
+def cmd_collect(args: argparse.Namespace) -> int:
+    import logging
+
+    from liq_pipeline.live.collector import collect
+    from liq_pipeline.symbols import load_registry
+
+    registry = load_registry()
+    symbols = [s.strip().upper() for s in args.symbols.split(",")] if args.symbols else registry.symbols
+    unknown = [s for s in symbols if s not in registry.symbols]
+    if unknown:
+        raise SystemExit(
+            f"liq collect: {', '.join(unknown)} not in the symbol registry ({', '.join(registry.symbols)}); "
+            "add it to the registry first"
+        )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    collect(symbols, commit_seconds=args.commit_seconds)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="liq", description="Liquidation heatmaps for Binance USDT-M perpetuals."
@@ -148,6 +167,24 @@ def main(argv: list[str] | None = None) -> int:
     backfill.add_argument("--start", type=date.fromisoformat, required=True, help="YYYY-MM-DD")
     backfill.add_argument("--end", type=date.fromisoformat, required=True, help="YYYY-MM-DD, inclusive")
     backfill.set_defaults(func=cmd_backfill)
+
+    collect = sub.add_parser(
+        "collect",
+        help="live mode: today's rows from Binance's public streams into the lake, until SIGTERM or Ctrl-C",
+    )
+    collect.add_argument(
+        "--symbols",
+        default=None,
+        help="comma-separated, e.g. BTCUSDT,ETHUSDT (default: every registry symbol)",
+    )
+    collect.add_argument(
+        "--commit-seconds",
+        dest="commit_seconds",
+        type=float,
+        default=15.0,
+        help="how often rows are committed",
+    )
+    collect.set_defaults(func=cmd_collect)
 
     serve = sub.add_parser("serve", help="the read-only heatmap API and page (FastAPI + uvicorn)")
     serve.add_argument("--host", default="127.0.0.1")

@@ -15,7 +15,7 @@ import fcntl
 import os
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
@@ -113,12 +113,18 @@ class Lake:
     def exists(self, table: str, symbol: str, day: date) -> bool:
         return self.partition_file(table, symbol, day).exists()
 
-    def write(self, table: str, symbol: str, day: date, data: pa.Table) -> Path:
+    def write(
+        self, table: str, symbol: str, day: date, data: pa.Table, unless: Callable[[Path], None] | None = None
+    ) -> Path:
         """Write one partition atomically: a temporary file beside the target, then `os.replace` over it.
-        Temporary files left by a killed write of this partition are deleted first."""
+        Temporary files left by a killed write of this partition are deleted first. `unless(target)` runs under the
+        partition's lock before anything is written and may raise to refuse the write (the live collector never
+        writes over a partition the archive's ingest has just replaced)."""
         target = self.partition_file(table, symbol, day)
         tmp = target.with_name(f".{PART_FILE}.{uuid.uuid4().hex}.tmp")
         with exclusive_folder(target.parent, TMP_GLOB):
+            if unless is not None:
+                unless(target)
             try:
                 pq.write_table(data, tmp, compression="zstd", row_group_size=1_000_000)
                 os.replace(tmp, target)

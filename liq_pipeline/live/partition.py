@@ -25,9 +25,8 @@ from liq_pipeline import staleness
 from liq_pipeline.formats import FORMATS
 from liq_pipeline.formats.binance import sort_unique
 from liq_pipeline.lake import Lake
-from liq_pipeline.sources.archive import SOURCE_KEY
+from liq_pipeline.sources.archive import LIVE_SOURCE, SOURCE_KEY, empty_table
 
-LIVE_SOURCE = "live"
 COVERAGE_KEY = b"liq_live_coverage"
 Interval = tuple[int, int]  # [start_ms, end_ms) UTC
 
@@ -99,9 +98,22 @@ class LivePartition:
                 f"{table} {day}|{symbol} already holds the archive's rows ({self.path}); live rows are not "
                 "written over the archive"
             )
-        self.committed: pa.Table | None = pq.read_table(self.path) if info else None
+        self.schema = empty_table(
+            self.fmt, symbol, day
+        ).schema  # Parquet gives the dictionary column back as string
+        self.committed: pa.Table | None = pq.read_table(self.path).cast(self.schema) if info else None
         self.coverage: list[Interval] = list(info.coverage) if info else []
         self.pending: list[pa.Table] = []
+        self.dirty = False  # rows or coverage not yet committed
+
+    def _archive_owned(self, path: Path) -> None:
+        """Run under the partition's lock by `Lake.write`: refuse if the archive's ingest replaced it meanwhile."""
+        info = live_info(path)
+        if info is not None and not info.live:
+            raise ArchiveOwnedError(
+                f"{self.table} {self.day}|{self.symbol}: the archive's file replaced the live partition; its rows "
+                "are the truth and stay"
+            )
 
     @property
     def newest(self) -> datetime | None:
@@ -121,36 +133,39 @@ class LivePartition:
     def add(self, rows: pa.Table) -> None:
         if rows.num_rows:
             self.pending.append(rows)
+            self.dirty = True
 
     def cover(self, start_ms: int, end_ms: int) -> None:
         """Record that the stream feeding this table was connected over [start_ms, end_ms), clipped to the day."""
         lo, hi = day_bounds_ms(self.day)
         start, end = max(start_ms, lo), min(end_ms, hi)
         if end > start:
-            self.coverage = merge_intervals([*self.coverage, (start, end)])
+            coverage = merge_intervals([*self.coverage, (start, end)])
+            self.dirty |= coverage != self.coverage
+            self.coverage = coverage
 
     def commit(self) -> int:
         """Write committed + pending rows as the partition, sorted by key and without repeats, in one atomic
-        replace. Returns the rows added. Refuses (ArchiveOwnedError) if the archive's file has replaced the
-        partition since it was read."""
-        info = live_info(self.path)
-        if info is not None and not info.live:
-            raise ArchiveOwnedError(
-                f"{self.table} {self.day}|{self.symbol}: the archive's file replaced the live partition; "
-                "its rows are the truth and stay"
-            )
-        parts = ([self.committed] if self.committed is not None else []) + self.pending
-        if not parts:
+        replace. Returns the rows added. A partition without rows is written too once it has coverage: the stream
+        was connected and nothing happened (no forced liquidation is a fact). Refuses (ArchiveOwnedError) if the
+        archive's file has replaced the partition since it was read."""
+        if not self.dirty:
             return 0
-        merged = sort_unique(pa.concat_tables(parts, promote_options="permissive"), self.fmt.key)
+        parts = ([self.committed] if self.committed is not None else []) + [
+            t.cast(self.schema) for t in self.pending
+        ]
+        # DuckDB's DISTINCT (forced liquidations have no id) gives the dictionary column back as string too
+        merged = sort_unique(pa.concat_tables([self.schema.empty_table(), *parts]), self.fmt.key).cast(
+            self.schema
+        )
         before = self.committed.num_rows if self.committed is not None else 0
         metadata = {
             SOURCE_KEY: LIVE_SOURCE.encode(),
             COVERAGE_KEY: json.dumps([list(x) for x in self.coverage]).encode(),
         }
         table, _ = staleness.with_fingerprint(merged.replace_schema_metadata(metadata))
-        self.lake.write(self.table, self.symbol, self.day, table)
-        self.committed, self.pending = table, []
+        self.lake.write(self.table, self.symbol, self.day, table, unless=self._archive_owned)
+        self.committed, self.pending, self.dirty = table, [], False
         return table.num_rows - before
 
 
