@@ -135,6 +135,12 @@ def freshness_verdict(stale: staleness.Stale | None, built: bool) -> quality.Ver
         return quality.Verdict(False, "the model partition is not in the lake", severity="WARN")
     if stale is None:
         return quality.Verdict(True, "built from the raw partitions now in the lake")
+    if stale.live:  # the collector writes the day's inputs every few seconds: they always moved on
+        return quality.Verdict(
+            True,
+            f"live day, still being collected ({'; '.join(stale.reasons)}); live_model_sensor recomputes it as "
+            "rows arrive",
+        )
     return quality.Verdict(
         False,
         f"stale: {'; '.join(stale.reasons)}",

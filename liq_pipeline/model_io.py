@@ -89,11 +89,13 @@ def load_inputs(
             f"""
             SELECT epoch_us(open_time) // {step_us} AS step,
                    arg_min(open, open_time) AS o, max(high) AS h, min(low) AS l, arg_max(close, open_time) AS c,
-                   sum(taker_buy_volume) AS buy, sum(volume) - sum(taker_buy_volume) AS sell
+                   sum(taker_buy_volume) AS buy, sum(volume) - sum(taker_buy_volume) AS sell,
+                   epoch_us(max(open_time)) AS last_bar
             FROM read_parquet(?) GROUP BY step ORDER BY step
             """,
             [_files(klines)],
         ).fetchnumpy()
+        bars = _without_unfinished_step(bars, step_us)
         steps = bars["step"].astype(np.int64)
         # Open interest at the end of each step: the last reading at or before it, if at most one step old. An
         # older one is a gap (NaN) the engine bridges, never a flat line over a missing metrics day. A step that
@@ -154,6 +156,15 @@ def load_inputs(
         n_trades=n_trades,
         seconds=seconds,
     )
+
+
+def _without_unfinished_step(bars: dict[str, np.ndarray], step_us: int) -> dict[str, np.ndarray]:
+    """Drop the last step when its bars stop before its end: a live day (`liq collect`) ends inside a step, and a
+    state stamped with that step's end would claim minutes nobody has seen. An archive day ends on a whole step."""
+    steps = bars["step"]
+    if steps.size and bars["last_bar"][-1] + 60_000_000 < (steps[-1] + 1) * step_us:
+        return {k: v[:-1] for k, v in bars.items()}
+    return bars
 
 
 PROFILE_COLUMNS = ("step", "vwap", "qty", "n")

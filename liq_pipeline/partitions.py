@@ -26,8 +26,11 @@ from liq_pipeline.symbols import load_registry
 _REGISTRY = load_registry()
 
 SYMBOLS = StaticPartitionsDefinition(_REGISTRY.symbols)
+# end_offset=1: today is a partition too, so live mode (`liq collect`) can materialize today's model as the day goes.
 DAILY = DailyPartitionsDefinition(
-    start_date=min(spec.first_date for spec in _REGISTRY.specs.values()).isoformat(), timezone="UTC"
+    start_date=min(spec.first_date for spec in _REGISTRY.specs.values()).isoformat(),
+    timezone="UTC",
+    end_offset=1,
 )
 SYMBOL_DATE = MultiPartitionsDefinition({"date": DAILY, "symbol": SYMBOLS})
 

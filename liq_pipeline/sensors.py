@@ -1,6 +1,7 @@
 """Sensors: `coinglass_screenshot_sensor` starts `validation_job` for each new Coinglass screenshot dropped into a
 folder (e.g. by N8N); `stale_model_sensor` recomputes model partitions whose raw inputs changed after them;
-`partial_scores_sensor` rescores validation days scored before their next day's forced liquidations arrived.
+`partial_scores_sensor` rescores validation days scored before their next day's forced liquidations arrived;
+`live_model_sensor` keeps today's model current while `liq collect` writes today's rows.
 
 The folder is `screenshot_dir()`. Each `*.png` named `coinglass_{sym}_{model}_{timeframe}_{YYYYMMDD}_{HHMMSS}.png`
 requests one run of the (symbol, capture day) partition. The cursor maps file name -> mtime_ns, so a file is handled
@@ -12,10 +13,11 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pyarrow.compute as pc
 from dagster import (
     AssetCheckEvaluation,
     AssetCheckSeverity,
@@ -31,6 +33,7 @@ from PIL import Image
 
 from liq_pipeline import staleness
 from liq_pipeline.lake import Lake, data_dir
+from liq_pipeline.live.partition import live_info
 from liq_pipeline.model_io import HEATMAP
 from liq_pipeline.partitions import DAILY, partition_key
 from liq_pipeline.symbols import load_registry
@@ -119,9 +122,10 @@ def _load_cursor(raw: str | None) -> dict[str, int]:
 
 
 def _latest_day() -> date | None:
-    """The last day that has a partition now (yesterday, UTC: a day's partition exists once the day is over)."""
+    """The last day that is over (yesterday, UTC). Today is a partition too (live mode), but its screenshots wait
+    for the day's end like before: without a collector, today's model does not exist."""
     window = DAILY.get_last_partition_window()
-    return window.start.date() if window else None
+    return window.start.date() - timedelta(days=1) if window else None
 
 
 @sensor(
@@ -215,7 +219,8 @@ def _load_seen(raw: str | None) -> set[str]:
     ),
 )
 def stale_model_sensor(context: SensorEvaluationContext):
-    stale = staleness.stale_partitions(Lake.at(), load_registry().symbols)
+    # Live days (`liq collect` writes their inputs every few seconds) are live_model_sensor's.
+    stale = [s for s in staleness.stale_partitions(Lake.at(), load_registry().symbols) if not s.live]
     new, seen = staleness.plan(stale, _load_seen(context.cursor))
     for s in new:
         context.log.info(f"stale_model_sensor: {s.day}|{s.symbol} is stale: {'; '.join(s.reasons)}")
@@ -227,6 +232,66 @@ def stale_model_sensor(context: SensorEvaluationContext):
         asset_events=[stale_evaluation(s) for s in new],
         cursor=cursor,
     )
+
+
+# --- live mode ---------------------------------------------------------------------------------------------------
+
+
+def live_scan(
+    lake: Lake, symbols: list[str], cursor: dict[str, int], today: date, step_minutes: int = 5
+) -> tuple[list[RunRequest], dict[str, int]]:
+    """Model runs due for the live days (today and yesterday, whose last minutes `liq collect` may still be
+    committing): one per `date|symbol` whose live klines now end a model step later than at its last request.
+    The cursor maps `date|symbol` to that step end (ms); the run key holds it, so each step is asked for once."""
+    step_ms = step_minutes * 60_000
+    requests, new_cursor = [], {}
+    for day in (today - timedelta(days=1), today):
+        for symbol in symbols:
+            key = f"{day}|{symbol}"
+            info = live_info(lake.partition_file("klines", symbol, day))
+            if (
+                info is None
+                or not info.live
+                or info.rows == 0
+                or not lake.exists("open_interest", symbol, day)
+            ):
+                continue
+            newest = lake.read("klines", symbol, [day], columns=["open_time"])["open_time"]
+            bar_end = int(pc.max(newest).as_py().replace(tzinfo=UTC).timestamp() * 1000) + 60_000
+            step_end = bar_end - bar_end % step_ms
+            new_cursor[key] = max(step_end, cursor.get(key, 0))
+            if step_end > cursor.get(key, 0):
+                until = datetime.fromtimestamp(step_end / 1000, UTC).strftime("%H:%M")
+                requests.append(
+                    RunRequest(
+                        run_key=f"live {key} to {until}",
+                        partition_key=partition_key(symbol, day),
+                        tags={"liq/live": f"collected until {until} UTC"},
+                    )
+                )
+    return requests, new_cursor
+
+
+@sensor(
+    name="live_model_sensor",
+    job_name="model_job",
+    minimum_interval_seconds=60,
+    default_status=DefaultSensorStatus.RUNNING,
+    description=(
+        "Live mode: while `liq collect` writes today's rows, runs model_job for today's partition of each collected "
+        "symbol every time its klines complete a new 5-minute step (and for yesterday's last steps after "
+        "midnight). Does nothing when no collector runs."
+    ),
+)
+def live_model_sensor(context: SensorEvaluationContext):
+    try:
+        cursor = {str(k): int(v) for k, v in json.loads(context.cursor or "{}").items()}
+    except (ValueError, AttributeError):
+        cursor = {}
+    today = datetime.now(UTC).date()
+    requests, new_cursor = live_scan(Lake.at(), load_registry().symbols, cursor, today)
+    context.update_cursor(json.dumps(new_cursor, sort_keys=True))
+    return requests or SkipReason("no live partition has a new model step (is `liq collect` running?)")
 
 
 def rescore_scan(lake: Lake) -> list[RunRequest]:

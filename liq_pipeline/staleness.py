@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from liq_pipeline.lake import Lake
 from liq_pipeline.model.config import DEFAULT_LOOKBACK_DAYS, MAX_LOOKBACK_DAYS
 from liq_pipeline.model_io import CONFIG_KEY, MODEL_TABLES
+from liq_pipeline.sources.archive import LIVE_SOURCE, SOURCE_KEY
 
 FINGERPRINT_KEY = b"liq_fingerprint"  # raw partition: hash of its content
 INPUTS_KEY = b"liq_model_inputs"  # model table: {"lookback_days": n, "inputs": {table: {day: fingerprint}}}
@@ -121,6 +122,9 @@ class Stale:
     recorded: str  # digest of what the model read
     current: str  # digest of what is in the lake now
     config: dict  # the model parameters it was built with (to rebuild it the same way)
+    live: bool = (
+        False  # the day's own inputs are live partitions, still being collected (`live_model_sensor`)
+    )
 
     @property
     def run_key(self) -> str:
@@ -168,7 +172,18 @@ def check_partition(lake: Lake, symbol: str, day: date, cache: dict | None = Non
             reasons.append(f"{table} was written by another run than the heatmap")
     if not reasons:
         return None
-    return Stale(symbol, day, tuple(reasons), _digest(record), _digest(now), config)
+    return Stale(
+        symbol, day, tuple(reasons), _digest(record), _digest(now), config, is_live(lake, symbol, day)
+    )
+
+
+def is_live(lake: Lake, symbol: str, day: date) -> bool:
+    """Whether any of the day's model inputs is a live partition (written by `liq collect`, not the archive)."""
+    return any(
+        _schema_metadata(path).get(SOURCE_KEY) == LIVE_SOURCE.encode()
+        for path in (lake.partition_file(t, symbol, day) for t in MODEL_INPUTS)
+        if path.exists()
+    )
 
 
 def _check_by_mtime(lake: Lake, symbol: str, day: date, heat_path: Path, config: dict) -> Stale | None:

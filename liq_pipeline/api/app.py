@@ -46,6 +46,7 @@ from liq_pipeline.api.queries import (
     time_axis,
 )
 from liq_pipeline.lake import Lake
+from liq_pipeline.live.partition import newest_live_rows
 from liq_pipeline.symbols import SYMBOL_RE, Registry, RegistryError, load_registry, registry_path
 
 HEATMAP = "liquidation_heatmap"
@@ -416,6 +417,7 @@ class LakeApi:
         registry = self.registry()
         now = datetime.now(UTC).replace(tzinfo=None)
         per_symbol = {}
+        live = newest_live_rows(self.lake, registry.symbols, now)
         for symbol in registry.symbols:
             heat = list_partitions(self.lake, HEATMAP, symbol)
             latest_days = {t: list_partitions(self.lake, t, symbol).days for t in (KLINES, LEVELS)}
@@ -428,6 +430,9 @@ class LakeApi:
                 "latest_heatmap_as_of": latest.isoformat() + "Z" if latest else None,
                 "heatmap_age_seconds": round((now - latest).total_seconds()) if latest else None,
                 "heatmap_days": len(heat.days),
+                # live mode: the newest row `liq collect` wrote (null when no collector wrote today or yesterday)
+                "live_newest_row": live[symbol]["newest"].isoformat() + "Z" if symbol in live else None,
+                "live_age_seconds": live[symbol]["age_seconds"] if symbol in live else None,
             }
         return {
             "status": "ok",

@@ -32,7 +32,10 @@ from liq_pipeline.symbols import load_registry
 DEFAULT_ARCHIVE_URL = "https://data.binance.vision"
 LIQUIDATION_SNAPSHOT_LAST_DAY = date(2024, 3, 31)
 SOURCE_KEY = (
-    b"liq_source"  # raw partition's Parquet metadata: the source it came from (sample, local, binance)
+    b"liq_source"  # raw partition's Parquet metadata: the source it came from (sample, local, binance, live)
+)
+LIVE_SOURCE = (
+    "live"  # rows `liq collect` wrote from Binance's streams (liq_pipeline/live), until the archive's file
 )
 
 
