@@ -286,7 +286,7 @@ def test_todays_heatmap_is_served_fresh_from_live_rows(tmp_path, monkeypatch):
     last = more.committed.slice(more.committed.num_rows - 1).to_pylist()[0]
     bar = {**last, "open_time": last["open_time"] + timedelta(minutes=1)}
     bar["close_time"] = bar["open_time"] + timedelta(seconds=59.999)
-    more.add(pa.Table.from_pylist([bar], schema=more.schema))  # the next minute's bar, as the stream would add it
+    more.add(pa.Table.from_pylist([bar], schema=more.schema))  # the next minute's bar, from the stream
     more.commit()
     stale = staleness.check_partition(lake, "BTCUSDT", today)
     assert stale is not None and stale.live

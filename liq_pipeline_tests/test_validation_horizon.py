@@ -88,7 +88,7 @@ def _score_day(liquidations: pd.DataFrame | None, rows: dict, day: date) -> tupl
         levels=_levels(day),
         liquidations=liquidations,
         price_bin=0.1,
-        liquidation_rows=rows,
+        truth=rows,
     )
 
 

@@ -389,14 +389,13 @@ def score_day(
     step: timedelta = timedelta(minutes=5),
     truth: Mapping[date, int | TruthDay] | None = None,
     predicted: pd.DataFrame | None = None,
-    liquidation_rows: Mapping[date, int | TruthDay] | None = None,
 ) -> tuple[pd.DataFrame, list[dict], list[str]]:
     """The day's scores table, the per-screenshot rows (for the JSONL), and what could not be scored and why.
 
     `files` are the screenshots `coinglass_levels` read for this partition; they are read again here for their
     full intensity profiles, which that table does not keep. `truth`: the `TruthDay` (or, for archive partitions,
     the row count) of each forced_liquidations partition present among the day and the next (`truth_days`;
-    default: archive days counted from `liquidations`' `date` column; `liquidation_rows` is its former name); it
+    default: archive days counted from `liquidations`' `date` column); it
     says how far the backtest's ground truth reaches (`ground_truth_end`), and `liquidations` are cut there, so rows
     a live partition holds after a gap in its recording are never compared. `predicted`: the model's
     predicted_liquidations of the day, scored hour by hour against the forced ones (one `hourly_usd` row).
@@ -406,7 +405,6 @@ def score_day(
     notes = []
     if not shots:
         notes.append("no Coinglass screenshot for this day: no hit rate")
-    truth = truth if truth is not None else liquidation_rows
     truth = truth if truth is not None else _rows_by_day(liquidations)
     known_until = ground_truth_end(day, truth)
     liquidations = known_part(liquidations, known_until)
