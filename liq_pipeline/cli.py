@@ -61,6 +61,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from liq_pipeline.api.bench import bench_api_command
 
         return bench_api_command(args)
+    if args.what == "live":
+        from liq_pipeline.live.bench import bench_live
+
+        return bench_live(args)
     from liq_pipeline import bench
 
     benches = {"ingest": bench.bench_ingest, "model": bench.bench_model, "backfill": bench.bench_backfill}
@@ -249,10 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     report.set_defaults(func=cmd_validate_report)
 
     bench = sub.add_parser("bench", help="print speed figures")
-    bench.add_argument("what", choices=["ingest", "model", "api", "backfill"])
+    bench.add_argument("what", choices=["ingest", "model", "api", "backfill", "live"])
+    bench.add_argument(
+        "--commit-seconds", dest="commit_seconds", type=int, default=15, help="commit interval (live)"
+    )
     bench.add_argument("--days", type=int, default=3, help="sample days x 2 symbols (backfill)")
     bench.add_argument(
-        "--trades", type=int, default=2_500_000, help="aggTrades per generated day (ingest, model)"
+        "--trades", type=int, default=2_500_000, help="aggTrades per generated day (ingest, model, live)"
     )
     bench.add_argument("--repeat", type=int, default=3)
     bench.add_argument("--requests", type=int, default=200, help="requests per window (api)")
