@@ -148,6 +148,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
             "add it to the registry first"
         )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per REST request is noise
     collect(symbols, commit_seconds=args.commit_seconds)
     return 0
 
