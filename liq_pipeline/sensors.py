@@ -284,12 +284,8 @@ def live_scan(
     ),
 )
 def live_model_sensor(context: SensorEvaluationContext):
-    try:
-        cursor = {str(k): int(v) for k, v in json.loads(context.cursor or "{}").items()}
-    except (ValueError, AttributeError):
-        cursor = {}
     today = datetime.now(UTC).date()
-    requests, new_cursor = live_scan(Lake.at(), load_registry().symbols, cursor, today)
+    requests, new_cursor = live_scan(Lake.at(), load_registry().symbols, _load_cursor(context.cursor), today)
     context.update_cursor(json.dumps(new_cursor, sort_keys=True))
     return requests or SkipReason("no live partition has a new model step (is `liq collect` running?)")
 

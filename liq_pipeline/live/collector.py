@@ -41,7 +41,7 @@ from websockets.exceptions import ConnectionClosed
 
 from liq_pipeline.formats import stream
 from liq_pipeline.lake import Lake
-from liq_pipeline.live.partition import ArchiveOwnedError, LivePartition, day_bounds_ms
+from liq_pipeline.live.partition import ArchiveOwnedError, LivePartition, day_bounds_ms, day_of
 from liq_pipeline.live.rest import KLINES_LIMIT, BinanceRest
 
 DEFAULT_WS_URL = "wss://fstream.binance.com"
@@ -72,10 +72,6 @@ def ws_url() -> str:
 def stream_names(symbols: list[str]) -> list[str]:
     per_symbol = [f"{s.lower()}@{kind}" for s in symbols for kind in ("aggTrade", "kline_1m")]
     return [*per_symbol, "!forceOrder@arr"]
-
-
-def day_of(ms: int) -> date:
-    return date(1970, 1, 1) + timedelta(days=ms // 86_400_000)
 
 
 class IdRanges:

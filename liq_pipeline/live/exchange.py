@@ -59,6 +59,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from liq_pipeline.live.partition import day_bounds_ms, day_of
 from liq_pipeline.sources import sample
 from liq_pipeline.symbols import SymbolSpec, load_registry
 
@@ -97,16 +98,8 @@ class ApiError(Exception):
         self.status, self.code, self.msg, self.headers = status, code, msg, headers
 
 
-def _day_of(ms: int) -> date:
-    return datetime.fromtimestamp(ms / 1000, UTC).date()
-
-
-def _day_start(day: date) -> int:
-    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()) * 1000
-
-
 def _days(lo_ms: int, hi_ms: int) -> list[date]:
-    first, last = _day_of(lo_ms), _day_of(hi_ms)
+    first, last = day_of(lo_ms), day_of(hi_ms)
     return [first + timedelta(days=i) for i in range((last - first).days + 1)]
 
 
@@ -125,7 +118,7 @@ class _Day:
     def __init__(self, spec: SymbolSpec, day: date, trades_per_day: int):
         symbol = spec.symbol
         market = sample._market(spec)  # the sample's own decimals, so strings look like the archive's cells
-        self.symbol, self.start = symbol, _day_start(day)
+        self.symbol, self.start = symbol, day_bounds_ms(day)[0]
         self.price_dec, self.qty_dec = market.price_decimals, market.qty_decimals
         self.quote_dec = market.quote_decimals
         data = sample.market_day(spec, day, trades_per_day)
@@ -306,7 +299,7 @@ class LoopbackExchange:
         for (
             symbol
         ) in self.symbols:  # a symbol's first day chains from the sample's origin: ~2 s once, done here
-            self._day(symbol, _day_of(now))
+            self._day(symbol, day_of(now))
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="loopback-exchange", daemon=True)
         self._thread.start()
@@ -367,7 +360,7 @@ class LoopbackExchange:
     def _day(self, symbol: str, day: date) -> _Day:
         key = (symbol, day)
         if key not in self._days:
-            oldest = _day_of(self.clock()) - timedelta(days=HISTORY_DAYS + 1)
+            oldest = day_of(self.clock()) - timedelta(days=HISTORY_DAYS + 1)
             for old in [k for k in self._days if k[1] < oldest]:  # a long fast run must not keep every day
                 del self._days[old]
             self._days[key] = _Day(self._specs[symbol], day, self.trades_per_day)
@@ -592,7 +585,7 @@ class LoopbackExchange:
     def _collect(self, symbol, kind: str, days: list[date], keep, limit: int, forward: bool) -> pd.DataFrame:
         """The first (forward) or last `limit` rows of a table ("trades", "klines", "oi") kept by `keep(frame)`
         over `days`, ascending; stops reading days once it has enough."""
-        days = [d for d in days if d >= _day_of(self.clock()) - timedelta(days=HISTORY_DAYS)]
+        days = [d for d in days if d >= day_of(self.clock()) - timedelta(days=HISTORY_DAYS)]
         parts, count = [], 0
         for day in days if forward else reversed(days):
             frame = getattr(self._day(symbol, day), kind)
@@ -609,7 +602,7 @@ class LoopbackExchange:
         if from_id is not None:
             day = self._day_with_id(symbol, from_id, now)
             keep = lambda f: (f["agg_trade_id"] >= from_id) & (f["transact_time"] <= now)  # noqa: E731
-            rows = self._collect(symbol, "trades", _days(_day_start(day), now), keep, limit, True)
+            rows = self._collect(symbol, "trades", _days(day_bounds_ms(day)[0], now), keep, limit, True)
         else:
             if start is not None and end is not None and end - start >= HOUR_MS:
                 raise ApiError(400, -1127, "More than 1 hours between startTime and endTime.")
@@ -617,12 +610,12 @@ class LoopbackExchange:
             lo = hi - 7 * DAY_MS if start is None else start
             keep = lambda f: f["transact_time"].between(lo, hi)  # noqa: E731
             rows = self._collect(symbol, "trades", _days(lo, max(lo, hi)), keep, limit, start is not None)
-        d = self._day(symbol, _day_of(now))
+        d = self._day(symbol, day_of(now))
         return [d.agg_item(r) for r in rows.itertuples(index=False)]
 
     def _day_with_id(self, symbol: str, agg_id: int, now: int) -> date:
         """The day whose trades include aggregate id `agg_id` (ids run on across days), searching back from now."""
-        day = _day_of(now)
+        day = day_of(now)
         for _ in range(HISTORY_DAYS):
             ids = self._day(symbol, day).trades["agg_trade_id"]
             if len(ids) and ids.iloc[0] <= agg_id:
@@ -639,10 +632,10 @@ class LoopbackExchange:
         lo = hi - 2 * DAY_MS if start is None else start
         keep = lambda f: f["open_time"].between(lo, hi)  # noqa: E731
         rows = self._collect(symbol, "klines", _days(lo, max(lo, hi)), keep, limit, start is not None)
-        return [self._day(symbol, _day_of(t)).kline_row(int(t), now) for t in rows.get("open_time", [])]
+        return [self._day(symbol, day_of(t)).kline_row(int(t), now) for t in rows.get("open_time", [])]
 
     def _open_interest(self, p: dict, now: int) -> dict:
-        d = self._day(self._symbol(p), _day_of(now))
+        d = self._day(self._symbol(p), day_of(now))
         latest = d.oi[d.oi["ts"] <= now].iloc[-1]
         return {"openInterest": _num(latest["oi"], d.qty_dec), "symbol": d.symbol, "time": now}
 

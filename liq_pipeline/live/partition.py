@@ -35,6 +35,11 @@ class ArchiveOwnedError(RuntimeError):
     """The partition holds the archive's rows: live rows must not replace them."""
 
 
+def day_of(ms: int) -> date:
+    """The UTC day of a time in ms since the epoch."""
+    return date(1970, 1, 1) + timedelta(days=ms // 86_400_000)
+
+
 def day_bounds_ms(day: date) -> Interval:
     start = int(datetime.combine(day, time(), UTC).timestamp() * 1000)
     return start, start + 86_400_000
@@ -58,9 +63,6 @@ class LiveInfo:
     live: bool
     coverage: list[Interval]  # empty unless live
     rows: int
-
-    def covered_ms(self) -> int:
-        return sum(e - s for s, e in self.coverage)
 
 
 def live_info(path: Path) -> LiveInfo | None:
@@ -114,21 +116,6 @@ class LivePartition:
                 f"{self.table} {self.day}|{self.symbol}: the archive's file replaced the live partition; its rows "
                 "are the truth and stay"
             )
-
-    @property
-    def newest(self) -> datetime | None:
-        """The newest committed row's time (naive UTC)."""
-        if self.committed is None or self.committed.num_rows == 0:
-            return None
-        col = "open_time" if "open_time" in self.committed.column_names else "ts"
-        return pc.max(self.committed[col]).as_py()
-
-    def last_key(self) -> int | None:
-        """The largest committed key (an aggTrade id, a kline open time in ms), or None."""
-        if self.committed is None or self.committed.num_rows == 0:
-            return None
-        value = pc.max(self.committed[self.fmt.key]).as_py()
-        return int(value.timestamp() * 1000) if isinstance(value, datetime) else int(value)
 
     def add(self, rows: pa.Table) -> None:
         if rows.num_rows:
