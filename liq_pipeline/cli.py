@@ -57,6 +57,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.days is None:
+        args.days = 30 if args.what == "api" else 3
     if args.what == "api":
         from liq_pipeline.api.bench import bench_api_command
 
@@ -72,9 +74,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from liq_pipeline.api.app import serve
+    """uvicorn over the app factory `create_app()`, which reads `$LIQ_DATA_DIR`: several worker processes need an
+    import string, not an app object, and the spawned workers inherit this environment. Nothing of the app is
+    imported here, so with --workers the supervisor process stays small."""
+    import uvicorn
 
-    serve(args.host, args.port)
+    if args.data_dir is not None:
+        os.environ["LIQ_DATA_DIR"] = str(args.data_dir.resolve())
+    uvicorn.run(
+        "liq_pipeline.api.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+    )
     return 0
 
 
@@ -194,6 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="the read-only heatmap API and page (FastAPI + uvicorn)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--data-dir", dest="data_dir", type=Path, default=None, help="default: $LIQ_DATA_DIR")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="uvicorn worker processes (2 on a 2-core box uses both cores)"
+    )
+    serve.add_argument(
+        "--log-level", dest="log_level", default="info", help="uvicorn's; warning drops the per-request lines"
+    )
     serve.set_defaults(func=cmd_serve)
 
     shot = sub.add_parser("screenshot-levels", help="read the levels off a Coinglass heatmap screenshot")
@@ -258,17 +279,34 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument(
         "--commit-seconds", dest="commit_seconds", type=int, default=15, help="commit interval (live)"
     )
-    bench.add_argument("--days", type=int, default=3, help="sample days x 2 symbols (backfill)")
+    bench.add_argument(
+        "--days",
+        type=int,
+        default=None,
+        help="sample days x 2 symbols (backfill: default 3; api: default 30)",
+    )
     bench.add_argument(
         "--trades", type=int, default=2_500_000, help="aggTrades per generated day (ingest, model, live)"
     )
     bench.add_argument("--repeat", type=int, default=3)
-    bench.add_argument("--requests", type=int, default=200, help="requests per window (api)")
+    bench.add_argument("--requests", type=int, default=50, help="single requests per window and symbol (api)")
+    bench.add_argument("--clients", type=int, default=50, help="concurrent clients (api)")
+    bench.add_argument(
+        "--seconds", type=float, default=60.0, help="concurrent load per window, seconds (api)"
+    )
+    bench.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="`liq serve --workers` of the server under load; several values: one run each (api)",
+    )
     bench.add_argument(
         "--data-dir",
         dest="data_dir",
         default=None,
-        help="lake to read (api; default: 30 sample days the pipeline writes)",
+        type=Path,
+        help="lake to read (api; default: --days sample days the pipeline writes)",
     )
     bench.set_defaults(func=cmd_bench)
 
