@@ -4,6 +4,7 @@ from dagster import Definitions, in_process_executor
 
 from liq_pipeline.assets.model import MODEL_ASSETS
 from liq_pipeline.assets.raw import RAW_ASSETS
+from liq_pipeline.assets.tiles import TILE_ASSETS
 from liq_pipeline.assets.validation import CALIBRATION_ASSETS, VALIDATION_ASSETS
 from liq_pipeline.assets.warehouse import warehouse_views
 from liq_pipeline.checks import MODEL_CHECKS, RAW_CHECKS
@@ -19,7 +20,14 @@ from liq_pipeline.sensors import (
 
 defs = Definitions(
     executor=in_process_executor,  # small steps: a subprocess per step cost more than the step (see jobs.py)
-    assets=[*RAW_ASSETS, *MODEL_ASSETS, *VALIDATION_ASSETS, *CALIBRATION_ASSETS, warehouse_views],
+    assets=[
+        *RAW_ASSETS,
+        *MODEL_ASSETS,
+        *TILE_ASSETS,
+        *VALIDATION_ASSETS,
+        *CALIBRATION_ASSETS,
+        warehouse_views,
+    ],
     asset_checks=[*RAW_CHECKS, *MODEL_CHECKS],
     jobs=[daily_job, model_job, validation_job, warehouse_job],
     sensors=[coinglass_screenshot_sensor, stale_model_sensor, partial_scores_sensor, live_model_sensor],

@@ -16,7 +16,8 @@ daily_job = define_asset_job(
     description="One symbol-day: download, parse and model. Backfill it per symbol from the UI.",
 )
 
-# What the stale-model sensor runs: the model of one partition, from the raw tables already in the lake.
+# What the stale-model and live sensors run: the model of one partition and its tiles (`heatmap_tiles`, group model),
+# from the raw tables already in the lake.
 model_job = define_asset_job(
     "model_job",
     selection=AssetSelection.groups("model"),

@@ -5,13 +5,21 @@ request needs (`queries`); nothing here writes or takes the warehouse file's loc
 registry (`liq_pipeline.symbols`), read at request time, so a symbol removed from the registry file is gone from the
 API without a code change. Heatmap answers are cached (`cache.AnswerCache`) under a key that includes a fingerprint
 of the symbol's heatmap and klines partitions, so a new or re-materialized partition is never hidden by the cache.
+
+Windows of 7 days and more (steps of 1 h to 1 day) read their states from the heatmap tiles (`liq_pipeline.tiles`:
+the whole-hour and 12-hour states and hourly candles, per day), parsed once per file version into a byte-bounded
+LRU (`cache.ByteLRU`); a state off the tile's grid (the data's end, an end_time off the hour) and a day whose tile is
+missing or older than its heatmap come from the 5-minute heatmap, so the numbers are always the 5-minute path's.
+Answers are serialized with orjson and gzip-compressed for clients that accept it (both forms cached).
 """
 
 from __future__ import annotations
 
-import json
+import gzip as gzip_module
 import math
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from importlib.resources import files as package_files
@@ -20,21 +28,35 @@ from typing import Annotated, Any, Literal
 
 import duckdb
 import numpy as np
+import orjson
+import pyarrow as pa
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.middleware.gzip import GZipMiddleware
 
 from liq_pipeline import symbols as symbols_module
-from liq_pipeline.api.cache import AnswerCache, FooterCache
+from liq_pipeline.api.cache import AnswerCache, ByteLRU, FooterCache
 from liq_pipeline.api.queries import (
+    DAY_US,
+    OHLC,
     ApiError,
     Axis,
     Listing,
+    Read,
+    Sources,
+    align_candles,
+    axis_files,
+    candle_decimals,
     column_max,
     covering_days,
     dates_summary,
-    iso,
+    days_in_window,
+    epoch_us,
+    from_us,
+    iso_list,
     latest_levels,
     list_partitions,
+    merge_cells,
     model_step,
     pivot,
     price_decimals,
@@ -42,16 +64,43 @@ from liq_pipeline.api.queries import (
     read_candles,
     read_cells,
     read_config,
+    read_heat_states,
+    read_lookback,
     read_source,
     time_axis,
 )
 from liq_pipeline.lake import Lake
 from liq_pipeline.live.partition import newest_live_rows
 from liq_pipeline.symbols import SYMBOL_RE, Registry, RegistryError, load_registry, registry_path
+from liq_pipeline.tiles import (
+    CANDLES_1H,
+    HOUR_US,
+    TILE_1H,
+    TILE_12H,
+    TILE_STEP_US,
+    Candles,
+    DayTile,
+    bucket_candles,
+    footer_digest,
+    group_cells,
+    load_candles,
+    load_day_tile,
+    matches,
+)
 
 HEATMAP = "liquidation_heatmap"
 LEVELS = "liquidation_levels"
 KLINES = "klines"
+HEATMAP_5M = "heatmap_5m"  # coverage.source when the states came from the 5-minute heatmap
+GZIP_MIN_BYTES = 1024  # smaller answers go uncompressed
+# zlib level 1: a 7-day answer (~560 KB of JSON) compresses to ~225 KB against ~211 KB at level 6, at a third of
+# the CPU time; the time a request costs matters more than those last 6 %.
+GZIP_LEVEL = 1
+DAY_FILE_CACHE_BYTES = 96 * 2**20  # parsed tiles and klines days kept in memory (see `ByteLRU`)
+# Answers are computed on this many threads of their own (the requests' threads wait for them): on 2 cores with
+# the GIL more in flight add no throughput, only memory (50 concurrent clients on the 40 request threads peaked at
+# ~600 MB: every thread that allocates large arrays grows a malloc arena of its own) and latency spread.
+ANSWER_THREADS = 4
 
 NOTE = (
     "Model estimate of where open positions would be liquidated, reconstructed from public Binance data "
@@ -146,6 +195,39 @@ def _midnight_after(day: date) -> datetime:
     return datetime(day.year, day.month, day.day) + timedelta(days=1)
 
 
+def tile_table(step_us: int) -> str | None:
+    """The tile whose grid holds every bucket end of this step (12 h and 1 day: TILE_12H; 1, 2 and 4 h: TILE_1H);
+    None below 1 h (the 5-minute heatmap)."""
+    for name in (TILE_12H, TILE_1H):
+        if step_us % TILE_STEP_US[name] == 0:
+            return name
+    return None
+
+
+def is_gzip(body: bytes) -> bool:
+    """Whether `LakeApi.heatmap` compressed this body (gzip's magic bytes; JSON never starts with them)."""
+    return body[:2] == b"\x1f\x8b"
+
+
+def layout(axis: Axis, cells: dict, candles: dict[str, np.ndarray], price_bin: float, k: int | None) -> dict:
+    """Phase 3: cells onto the (re-binned) price grid and the time columns; prices rounded to the grid's decimals,
+    candles to the symbol's (`candle_decimals`; NaN is null), USD to whole dollars. Arrays stay numpy for orjson."""
+    grid = price_grid(np.asarray(cells["price"], dtype=np.float64), price_bin, k)
+    column = np.searchsorted(axis.as_of_us, np.asarray(cells["t"], dtype=np.int64))
+    n = int(axis.start_us.size)
+    times = iso_list(axis.start_us)
+    places = candle_decimals(price_bin)
+    return {
+        "price_bin_size": round(grid.size, 12),
+        "times": times,
+        "as_of": iso_list(axis.as_of_us),
+        "prices": np.round(grid.prices, price_decimals(grid.size)),
+        "long": pivot(column, grid, np.asarray(cells["long_usd"], dtype=np.float64), n),
+        "short": pivot(column, grid, np.asarray(cells["short_usd"], dtype=np.float64), n),
+        "candles": {"time": times, **{c: np.round(candles[c], places) for c in OHLC}},
+    }
+
+
 class LakeApi:
     """The API's logic without HTTP: each method returns a JSON-able dict (or bytes) or raises ApiError."""
 
@@ -155,8 +237,13 @@ class LakeApi:
         registry_file: Path | str | None = None,
         cache: bool = True,
         cache_size: int = 64,
+        tiles: bool = True,
+        day_cache_bytes: int = DAY_FILE_CACHE_BYTES,
     ):
         self.lake = Lake.at(data_dir)
+        self.use_tiles = tiles  # False: every answer from the 5-minute heatmap (tests compare the two)
+        self._answer_threads = ThreadPoolExecutor(ANSWER_THREADS, thread_name_prefix="liq-answer")
+        self.day_files = ByteLRU(day_cache_bytes)
         self._registry_file = Path(registry_file) if registry_file else None
         self._registry_state: tuple[tuple, Registry] | None = None
         self.registry_error: str | None = None
@@ -165,7 +252,7 @@ class LakeApi:
         self.cache = AnswerCache(cache_size, enabled=cache)
         self.footers = FooterCache()
         self.stats = self.cache.stats
-        self.stats["heatmap_queries"] = 0
+        self.stats.update(heatmap_queries=0, tile_states=0, heatmap_5m_states=0, files_read=0, bytes_read=0)
 
     # --- the registry --------------------------------------------------------------------------------------
 
@@ -228,8 +315,10 @@ class LakeApi:
         start_time: datetime | None = None,
         end_time: datetime | None = None,
         price_bin_size: float | None = None,
+        gzip: bool = False,
     ) -> tuple[bytes, bool]:
-        """The heatmap answer as JSON bytes, and whether it came from the cache."""
+        """The heatmap answer as JSON bytes, and whether it came from the cache. With `gzip=True` an answer of at
+        least GZIP_MIN_BYTES comes gzip-compressed (`is_gzip` tells)."""
         registry, symbol = self.check_symbol(symbol)
         if time_window not in WINDOWS:
             raise ApiError(
@@ -251,17 +340,45 @@ class LakeApi:
                 "Materialize the liquidation_heatmap asset for it first.",
                 available_dates=None,
             )
-        klines = list_partitions(self.lake, KLINES, symbol)
         start, end = self._window(heat, time_window, start_time, end_time)
+        src = self._sources(symbol, heat, step_for_span(end - start))
+        key = (symbol, spec.price_bin, time_window, start, end, k, src.fingerprint)
+        return self._body(
+            key, gzip, lambda: self._heatmap_answer(symbol, spec.price_bin, time_window, start, end, k, src)
+        )
 
-        key = (symbol, spec.price_bin, time_window, start, end, k, heat.fingerprint, klines.fingerprint)
+    def _sources(self, symbol: str, heat: Listing, step: timedelta) -> Sources:
+        """The partitions an answer of this step reads: the heatmap and klines, and from 1 h steps up (tiles on)
+        the tile whose grid holds the buckets' ends and the hourly candles. Their fingerprints key the cache."""
+        klines = list_partitions(self.lake, KLINES, symbol)
+        tile = tile_table(int(step.total_seconds()) * 1_000_000) if self.use_tiles else None
+        if tile is None:
+            return Sources(heat, klines)
+        tiles, candles = (list_partitions(self.lake, t, symbol) for t in (tile, CANDLES_1H))
+        return Sources(heat, klines, tile, tiles, candles)
+
+    def _body(self, key: tuple, gzip: bool, answer: Callable[[], dict]) -> tuple[bytes, bool]:
+        """The body cached under `key`, else `answer()` serialized (orjson) and cached. The gzip form is cached
+        beside it, so an answer served many times is compressed once."""
+        if gzip:
+            body = self.cache.get((*key, "gzip"))
+            if body is not None:
+                return body, True
         body = self.cache.get(key)
-        if body is not None:
-            return body, True
-        answer = self._heatmap_answer(symbol, spec.price_bin, time_window, start, end, k, heat, klines)
-        body = json.dumps(answer, separators=(",", ":"), allow_nan=False).encode()
-        self.cache.put(key, body)
-        return body, False
+        hit = body is not None
+        if body is None or gzip:
+            body = self._answer_threads.submit(self._encode, key, gzip, answer, body).result()
+        return body, hit
+
+    def _encode(self, key: tuple, gzip: bool, answer: Callable[[], dict], body: bytes | None) -> bytes:
+        """On an answer thread: the JSON body (unless given), cached, then its gzip form if asked, cached too."""
+        if body is None:
+            body = orjson.dumps(answer(), option=orjson.OPT_SERIALIZE_NUMPY)
+            self.cache.put(key, body)
+        if gzip and len(body) >= GZIP_MIN_BYTES:
+            body = gzip_module.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
+            self.cache.put((*key, "gzip"), body)
+        return body
 
     def _window(
         self, heat: Listing, time_window: str, start_time: datetime | None, end_time: datetime | None
@@ -285,14 +402,46 @@ class LakeApi:
         start: datetime,
         end: datetime,
         k: int | None,
-        heat: Listing,
-        klines: Listing,
+        src: Sources,
     ) -> dict:
-        # Phase 1: the columns, from the partitions that hold states in (start, end] and the model's step.
+        """The answer in phases: its columns (`_columns`), their states and candles (`_read`: tiles or the
+        5-minute heatmap), the grid (`layout`) and what the window covers (`_coverage`)."""
+        with self._lock:
+            self.stats["heatmap_queries"] += 1
+        present, params, axis = self._columns(symbol, start, end, src.heat)
+        read = self._read(symbol, axis, src)
+        last_klines = src.klines.file(present[-1][0])
+        data_source = (
+            self.footers.get(last_klines[0], "source", read_source, None, last_klines[1])
+            if last_klines
+            else None
+        )
+        return {
+            "symbol": symbol,
+            "time_window": time_window,
+            "start_time": start.isoformat() + "Z",
+            "end_time": end.isoformat() + "Z",
+            "step_seconds": axis.step_us // 1_000_000,
+            **layout(axis, read.cells, read.candles, price_bin, k),
+            "missing_dates": [d.isoformat() for d in axis.missing_days],
+            "coverage": self._coverage(start, end, present, src.heat, read),
+            "params": params,
+            "data_source": data_source,
+            "units": "USD",
+            "note": f"{NOTE} {TIME_NOTE}",
+        }
+
+    def _columns(
+        self, symbol: str, start: datetime, end: datetime, heat: Listing
+    ) -> tuple[list[tuple[date, Path]], dict, Axis]:
+        """Phase 1: the columns, from the partitions that hold states in (start, end] and the model's step; a 404
+        naming the dates that exist when there are none."""
         present = covering_days(heat, start, end)
-        params = self.footers.get(present[-1][1], "config", read_config, {}) if present else {}
+        params: dict = {}
         axis = None
         if present:
+            path, version = heat.file(present[-1][0])
+            params = self.footers.get(path, "config", read_config, {}, version)
             axis = time_axis(start, end, step_for_span(end - start), model_step(params), heat, present)
         if axis is None or not axis.start_us.size:
             hint = dates_summary(heat.days)
@@ -302,43 +451,21 @@ class LakeApi:
                 f"dates that exist: {hint['start']} to {hint['end']} ({hint['days']} days)",
                 available_dates=hint,
             )
-        # Phase 2: exactly those states' cells, the buckets' candles, and where the raw data came from.
-        cells, candles = self._read(symbol, axis, klines)
-        last_klines = klines.between(present[-1][0], present[-1][0])
-        source = self.footers.get(last_klines[0][1], "source", read_source, None) if last_klines else None
-        # Phase 3: cells onto the (re-binned) price grid and the time columns.
-        grid = price_grid(np.asarray(cells["price"], dtype=np.float64), price_bin, k)
-        column = np.searchsorted(axis.as_of_us, np.asarray(cells["t"], dtype=np.int64))
-        n = int(axis.start_us.size)
-        times = [iso(b) for b in axis.start_us]
-        decimals = price_decimals(grid.size)
-        return {
-            "symbol": symbol,
-            "time_window": time_window,
-            "start_time": start.isoformat() + "Z",
-            "end_time": end.isoformat() + "Z",
-            "step_seconds": axis.step_us // 1_000_000,
-            "price_bin_size": round(grid.size, 12),
-            "times": times,
-            "as_of": [iso(t) for t in axis.as_of_us],
-            "prices": [round(float(p), decimals) for p in grid.prices],
-            "long": pivot(column, grid, np.asarray(cells["long_usd"], dtype=np.float64), n).tolist(),
-            "short": pivot(column, grid, np.asarray(cells["short_usd"], dtype=np.float64), n).tolist(),
-            "candles": {"time": times, **candles},
-            "missing_dates": [d.isoformat() for d in axis.missing_days],
-            "params": params,
-            "data_source": source,
-            "units": "USD",
-            "note": f"{NOTE} {TIME_NOTE}",
-        }
+        return present, params, axis
 
-    def _read(self, symbol: str, axis: Axis, klines: Listing) -> tuple[dict, dict]:
-        con = self._cursor()
-        with self._lock:
-            self.stats["heatmap_queries"] += 1
+    def _read(self, symbol: str, axis: Axis, src: Sources) -> Read:
+        """Phase 2: exactly the axis' states' cells and the buckets' candles: from the tiles where they hold them
+        and still match their source, from the 5-minute heatmap and 1-minute klines for the rest."""
         try:
-            return read_cells(con, axis), read_candles(con, klines, axis)
-        except duckdb.Error as exc:
+            if src.tile is not None:
+                return self._read_tiles(axis, src)
+            self._count_reads(axis_files(axis, src.heat, src.klines))
+            con = self._cursor()
+            try:
+                return Read(read_cells(con, axis), read_candles(con, src.klines, axis), HEATMAP_5M)
+            finally:
+                con.close()
+        except (duckdb.Error, pa.ArrowException) as exc:
             hint = ""
             if "as_of" in str(exc):
                 hint = (
@@ -346,8 +473,134 @@ class LakeApi:
                     f"liquidation_heatmap for {symbol}."
                 )
             raise ApiError(503, f"could not read the lake partitions of {symbol}: {exc}.{hint}") from exc
-        finally:
-            con.close()
+
+    def _read_tiles(self, axis: Axis, src: Sources) -> Read:
+        """Each day's states on the tile's grid from its tile (if it matches the day's heatmap file); the others
+        (the data's end, an end_time off the grid, a day without a fresh tile) from the 5-minute heatmap. Pieces
+        are ordered by time, so the cells of each column come in the 5-minute path's order."""
+        grid_us = TILE_STEP_US[src.tile]
+        day_of = (axis.as_of_us - 1) // DAY_US
+        pieces, lookback, counts = [], {}, [0, 0]
+        for d in np.unique(day_of):
+            day = from_us(int(d) * DAY_US).date()
+            heat_file = src.heat.file(day)
+            if heat_file is None:
+                continue  # no heatmap partition: the day's columns are zeros (missing_dates)
+            wanted = axis.as_of_us[day_of == d]
+            tile = self._day_tile(src, day, heat_file)
+            on = wanted % grid_us == 0 if tile is not None else np.zeros(wanted.size, dtype=bool)
+            if tile is not None:
+                lookback[day] = tile.info
+                pieces.append(tile.select(wanted[on]))
+            off = wanted[~on]
+            if off.size:
+                pieces.append(self._heat_states(heat_file, off).select(off))
+            counts[0], counts[1] = counts[0] + int(on.sum()), counts[1] + int(off.size)
+        with self._lock:
+            self.stats["tile_states"] += counts[0]
+            self.stats["heatmap_5m_states"] += counts[1]
+        source = src.tile if lookback else HEATMAP_5M
+        return Read(merge_cells(pieces), self._tile_candles(axis, src), source, lookback)
+
+    def _heat_states(self, file: tuple[Path, tuple[int, int, int]], as_of_us: np.ndarray) -> DayTile:
+        """Some states of one 5-minute heatmap partition (off the tile's grid), kept in the day cache: the answers
+        ending at the same time (users looking at "now" through different windows) read them once."""
+        path, version = file
+
+        def load() -> DayTile:
+            self._count_reads([file])
+            cells = read_heat_states(path, as_of_us)
+            return group_cells(cells["t"], cells)
+
+        return self.day_files.get((str(path), *version, as_of_us.tobytes()), load)
+
+    def _load(self, file: tuple[Path, tuple[int, int, int]], loader: Callable[[Path], Any]) -> Any:
+        """A parsed day file from the byte-bounded LRU (keyed by the file's version), else `loader(path)`."""
+        path, version = file
+
+        def load() -> Any:
+            self._count_reads([file])
+            return loader(path)
+
+        return self.day_files.get((str(path), *version), load)
+
+    def _fresh(self, info: dict, source: tuple[Path, tuple[int, int, int]]) -> bool:
+        """Whether a tile was cut from `source` as the listing sees it now (`tiles.matches`)."""
+        path, version = source
+        return matches(
+            info,
+            version[0],
+            version[1],
+            lambda: self.footers.get(path, "digest", footer_digest, None, version),
+        )
+
+    def _day_tile(self, src: Sources, day: date, heat_file: tuple) -> DayTile | None:
+        """The day's heatmap tile if there is one and it matches the day's heatmap file; else None (fall back)."""
+        tile_file = src.tiles.file(day)
+        if tile_file is None:
+            return None
+        try:
+            tile = self._load(tile_file, load_day_tile)
+        except (OSError, ValueError, pa.ArrowException):  # being replaced or unreadable: the heatmap has it
+            return None
+        return tile if self._fresh(tile.info, heat_file) else None
+
+    def _day_candles(self, src: Sources, day: date) -> Candles | None:
+        """The day's hourly candles if the tile matches the day's klines file now (a live day's klines grow)."""
+        tile_file, klines_file = src.candles.file(day), src.klines.file(day)
+        if tile_file is None or klines_file is None:
+            return None
+        try:
+            hourly = self._load(tile_file, load_candles)
+        except (OSError, ValueError, pa.ArrowException):
+            return None
+        return hourly if self._fresh(hourly.info, klines_file) else None
+
+    def _tile_candles(self, axis: Axis, src: Sources) -> dict[str, np.ndarray]:
+        """The buckets' candles from whole hours of CANDLES_1H and, for the last hour before the last column's
+        state and for days without fresh hourly candles, the 1-minute klines: the same klines, the same OHLC."""
+        first, cutoff = int(axis.start_us[0]), int(axis.as_of_us[-1])
+        whole = cutoff // HOUR_US * HOUR_US
+        parts = []
+        for day, _ in src.klines.between(from_us(first).date(), from_us(cutoff - 1).date()):
+            a, b = max(first, epoch_us(day)), min(cutoff, epoch_us(day) + DAY_US)
+            hourly = self._day_candles(src, day)
+            if hourly is not None:
+                parts.append(hourly.between(a, min(whole, b)))
+                a = max(a, whole)
+            if a < b:
+                parts.append(self._load(src.klines.file(day), load_candles).between(a, b))
+        t = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+        ohlc = {c: np.concatenate([p[1][c] for p in parts]) if parts else np.zeros(0) for c in OHLC}
+        return align_candles(axis, *bucket_candles(t, ohlc, axis.step_us))
+
+    def _count_reads(self, files: list[tuple[Path, tuple[int, int, int]]]) -> None:
+        with self._lock:
+            self.stats["files_read"] += len(files)
+            self.stats["bytes_read"] += sum(version[1] for _, version in files)
+
+    def _coverage(
+        self, start: datetime, end: datetime, present: list[tuple[date, Path]], heat: Listing, read: Read
+    ) -> dict:
+        """What the window holds, for the page: the first and last day with heatmap data in it, how many days it
+        has and spans, the days the model computed with less than its full lookback, and where the states came
+        from. The lookback comes from the tiles already read, else the heatmap's stored inputs record."""
+        partial = []
+        for day, path in present:
+            info = read.lookback.get(day)
+            if info is None:
+                info = self.footers.get(path, "lookback", read_lookback, {}, heat.file(day)[1])
+            n, used = info.get("lookback_days"), info.get("lookback_days_used")
+            if isinstance(n, int) and isinstance(used, int) and used < n:
+                partial.append({"date": day.isoformat(), "lookback_days_used": used, "lookback_days": n})
+        return {
+            "first_day": present[0][0].isoformat() if present else None,
+            "last_day": present[-1][0].isoformat() if present else None,
+            "days_with_data": len(present),
+            "days_in_window": days_in_window(start, end),
+            "partial_lookback": partial,
+            "source": read.source,
+        }
 
     # --- the other endpoints -------------------------------------------------------------------------------
 
@@ -464,18 +717,25 @@ def create_app(
     registry_file: Path | str | None = None,
     cache: bool = True,
     cache_size: int = 64,
+    tiles: bool = True,
 ) -> FastAPI:
     """The read-only API over the lake at `data_dir` (default `$LIQ_DATA_DIR`).
 
-    `registry_file` overrides `$LIQ_SYMBOLS_FILE`; `cache=False` turns the heatmap answer cache off (benchmarks).
+    `registry_file` overrides `$LIQ_SYMBOLS_FILE`; `cache=False` turns the heatmap answer cache off (benchmarks);
+    `tiles=False` answers every window from the 5-minute heatmap (tests compare the two paths). Answers are
+    gzip-compressed for clients that accept it (the heatmap's in `LakeApi.heatmap`, cached; the rest here).
     """
-    api = LakeApi(data_dir, registry_file=registry_file, cache=cache, cache_size=cache_size)
+    # Arrow's default allocator (mimalloc) kept ~75 MB more resident than the system's after a few hundred varied
+    # answers on a 30-day lake (each reads Parquet pages it frees at once); the server is its own process.
+    pa.set_memory_pool(pa.system_memory_pool())
+    api = LakeApi(data_dir, registry_file=registry_file, cache=cache, cache_size=cache_size, tiles=tiles)
     app = FastAPI(
         title="liq_pipeline API",
         version="0.1.0",
         description="Read-only liquidation heatmaps estimated by liq_pipeline's model. " + NOTE,
     )
     app.state.api = api
+    app.add_middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES, compresslevel=GZIP_LEVEL)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -500,6 +760,7 @@ def create_app(
         + TIME_NOTE,
     )
     def heatmap_timeseries(
+        request: Request,
         symbol: SymbolQuery,
         time_window: Annotated[
             Window, Query(description="window length; the time step grows with it")
@@ -515,10 +776,14 @@ def create_app(
             Query(gt=0, description="a multiple of the symbol's registry price bin; default: automatic"),
         ] = None,
     ) -> Response:
-        body, hit = api.heatmap(symbol, time_window.value, start_time, end_time, price_bin_size)
-        return Response(
-            content=body, media_type="application/json", headers={"X-Cache": "hit" if hit else "miss"}
+        accepts_gzip = "gzip" in request.headers.get("accept-encoding", "")
+        body, hit = api.heatmap(
+            symbol, time_window.value, start_time, end_time, price_bin_size, gzip=accepts_gzip
         )
+        headers = {"X-Cache": "hit" if hit else "miss", "Vary": "Accept-Encoding"}
+        if is_gzip(body):  # compressed and cached by the API; the middleware passes it through
+            headers["Content-Encoding"] = "gzip"
+        return Response(content=body, media_type="application/json", headers=headers)
 
     @app.get(
         "/liquidations/levels", responses=error_responses, summary="The current strongest liquidation zones"

@@ -1,5 +1,6 @@
-"""The API's two caches: whole answers (an LRU keyed on the request and the partitions' fingerprints) and facts
-from Parquet footers (keyed on the file's version, so a replaced file is read again)."""
+"""The API's caches: whole answers (an LRU keyed on the request and the partitions' fingerprints), facts from
+Parquet footers, and parsed day files (tiles, klines) in an LRU bounded in bytes; the last two are keyed on the
+file's version, so a replaced file is read again."""
 
 from __future__ import annotations
 
@@ -53,14 +54,25 @@ class FooterCache:
         self._facts: dict[tuple, Any] = {}
         self._lock = threading.Lock()
 
-    def get(self, path: Path, what: str, read: Callable[[Path], Any], default: Any = None) -> Any:
+    def get(
+        self,
+        path: Path,
+        what: str,
+        read: Callable[[Path], Any],
+        default: Any = None,
+        version: tuple[int, int, int] | None = None,
+    ) -> Any:
         """`read(path)`, cached per file version (mtime, size, inode: a replaced file is new even with an old
-        mtime) and `what`; `default` when the file is missing or unreadable."""
-        try:
-            st = path.stat()
-            key = (str(path), st.st_mtime_ns, st.st_size, st.st_ino, what)
-        except OSError:
-            return default
+        mtime) and `what`; `default` when the file is missing or unreadable. `version` is the (mtime_ns, size,
+        inode) a directory listing just took (`queries.Listing.file`), which saves the `stat`."""
+        if version is not None:
+            key = (str(path), *version, what)
+        else:
+            try:
+                st = path.stat()
+                key = (str(path), st.st_mtime_ns, st.st_size, st.st_ino, what)
+            except OSError:
+                return default
         if key in self._facts:
             return self._facts[key]
         try:
@@ -72,3 +84,42 @@ class FooterCache:
                 self._facts.clear()
             self._facts[key] = value
         return value
+
+
+class ByteLRU:
+    """A thread-safe LRU of parsed files, bounded by the bytes of what it holds (each value has `.nbytes`).
+
+    Keys must include the file's version (path, mtime_ns, size, inode), so a replaced file is loaded again and the
+    old entry ages out. Concurrent requests for the same missing key may each load it once; that costs time, never
+    correctness. `stats` counts hits, loads and the bytes held."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.stats = {"hits": 0, "loads": 0, "bytes": 0, "evictions": 0}
+
+    def get(self, key: Hashable, load: Callable[[], Any]) -> Any:
+        """The value under `key`, else `load()` (outside the lock), remembered while it fits."""
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+                self.stats["hits"] += 1
+                return value
+        value = load()
+        with self._lock:
+            self.stats["loads"] += 1
+            if key not in self._items and value.nbytes <= self.max_bytes:
+                self._items[key] = value
+                self._bytes += value.nbytes
+                while self._bytes > self.max_bytes:
+                    _, old = self._items.popitem(last=False)
+                    self._bytes -= old.nbytes
+                    self.stats["evictions"] += 1
+            self.stats["bytes"] = self._bytes
+        return value
+
+    def __len__(self) -> int:
+        return len(self._items)

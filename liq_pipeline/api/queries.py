@@ -14,18 +14,22 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from liq_pipeline.lake import PART_FILE, Lake
 from liq_pipeline.model_io import CONFIG_KEY
 from liq_pipeline.sources.archive import SOURCE_KEY
+from liq_pipeline.tiles import lookback_of
 
 DEFAULT_MODEL_STEP = timedelta(minutes=5)
 TARGET_PRICE_BUCKETS = 400  # default re-binning aims at no more than this many price rows
@@ -61,25 +65,59 @@ def iso(us: int | np.integer) -> str:
     return from_us(us).isoformat() + "Z"
 
 
+def iso_list(us: np.ndarray) -> list[str]:
+    """`iso` of each value, vectorized when all are whole seconds (an answer's axis always is)."""
+    us = np.asarray(us, dtype=np.int64)
+    if us.size and not (us % 1_000_000).any():
+        return [s + "Z" for s in np.datetime_as_string(us.astype("datetime64[us]"), unit="s").tolist()]
+    return [iso(v) for v in us]
+
+
 # --- partitions ------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Listing:
-    """One symbol's partitions of one table: the days that exist and a fingerprint of their files."""
+    """One symbol's partitions of one table: the days that exist, each file's version and a fingerprint of all."""
 
     days: tuple[date, ...]
     paths: tuple[Path, ...]
     fingerprint: tuple[
         int, int, int
     ]  # file count, newest mtime (ns), hash of every file's day/mtime/size/inode
+    versions: tuple[
+        tuple[int, int, int], ...
+    ] = ()  # per file: (mtime_ns, size, inode), from the listing's stat
 
     def between(self, first: date, last: date) -> list[tuple[date, Path]]:
         return [(d, p) for d, p in zip(self.days, self.paths) if first <= d <= last]
 
+    @cached_property
+    def _by_day(self) -> dict[date, tuple[Path, tuple[int, int, int]]]:
+        return dict(zip(self.days, zip(self.paths, self.versions)))
 
-def list_partitions(lake: Lake, table: str, symbol: str) -> Listing:
-    """A directory listing of one symbol's partitions: one `scandir` and one `stat` per day, no data read.
+    def file(self, day: date) -> tuple[Path, tuple[int, int, int]] | None:
+        """The day's partition file and its version (mtime_ns, size, inode) as listed, or None."""
+        return self._by_day.get(day)
+
+
+_PATHS: dict[str, Path] = {}  # partition file paths by string: a listing per request builds no Path twice
+
+
+def _partition_path(folder: str) -> Path:
+    path = _PATHS.get(folder)
+    if path is None:
+        if len(_PATHS) > 200_000:
+            _PATHS.clear()
+        path = _PATHS[folder] = Path(folder, PART_FILE)
+    return path
+
+
+def list_partitions(
+    lake: Lake, table: str, symbol: str, first: date | None = None, last: date | None = None
+) -> Listing:
+    """A directory listing of one symbol's partitions: one `scandir` and one `stat` per day, no data read; with
+    `first`/`last`, only those days are stat-ed (a window's days in a year of partitions).
 
     The fingerprint changes whenever a partition is added, removed or replaced (`os.replace` gives a new inode),
     even when the replacement keeps an older mtime.
@@ -95,11 +133,12 @@ def list_partitions(lake: Lake, table: str, symbol: str) -> Listing:
             continue
         try:
             day = date.fromisoformat(entry.name[5:])
-            path = Path(entry.path) / PART_FILE
-            st = path.stat()
+            if (first is not None and day < first) or (last is not None and day > last):
+                continue
+            st = os.stat(f"{entry.path}/{PART_FILE}")
         except (ValueError, OSError):
             continue
-        found.append((day, path, (st.st_mtime_ns, st.st_size, st.st_ino)))
+        found.append((day, _partition_path(entry.path), (st.st_mtime_ns, st.st_size, st.st_ino)))
     found.sort()
     return Listing(
         days=tuple(d for d, _, _ in found),
@@ -109,6 +148,7 @@ def list_partitions(lake: Lake, table: str, symbol: str) -> Listing:
             max((s[0] for _, _, s in found), default=0),
             hash(tuple((d.toordinal(), *s) for d, _, s in found)),
         ),
+        versions=tuple(s for _, _, s in found),
     )
 
 
@@ -234,40 +274,134 @@ def time_axis(
 
 def read_cells(con: duckdb.DuckDBPyConnection, axis: Axis) -> dict[str, np.ndarray]:
     """The heatmap rows of exactly the axis' states: t (as_of, µs), price, long_usd, short_usd."""
-    if not axis.heat_files or not axis.as_of_us.size:
+    return read_states(con, axis.heat_files, axis.as_of_us)
+
+
+def read_states(
+    con: duckdb.DuckDBPyConnection, files: list[str], as_of_us: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The rows of the states at `as_of_us` (increasing) in these heatmap files, in file then row order."""
+    if not files or not as_of_us.size:
         empty = np.zeros(0)
         return {"t": empty.astype(np.int64), "price": empty, "long_usd": empty, "short_usd": empty}
-    wanted = [from_us(t) for t in axis.as_of_us]
+    wanted = [from_us(t) for t in as_of_us]
     return con.execute(
         "SELECT epoch_us(as_of) AS t, price, long_usd, short_usd FROM read_parquet(?) "
         "WHERE as_of >= ? AND as_of <= ? AND as_of IN (SELECT unnest(?::TIMESTAMP[]))",
-        [axis.heat_files, wanted[0], wanted[-1], wanted],
+        [files, wanted[0], wanted[-1], wanted],
     ).fetchnumpy()
 
 
-def read_candles(con: duckdb.DuckDBPyConnection, klines: Listing, axis: Axis) -> dict[str, list]:
-    """OHLC per bucket from the 1-minute klines opening in it, aligned with the axis (None where none)."""
-    n = int(axis.start_us.size)
-    out: dict[str, list] = {name: [None] * n for name in OHLC}
-    if not n:
-        return out
+def read_candles(con: duckdb.DuckDBPyConnection, klines: Listing, axis: Axis) -> dict[str, np.ndarray]:
+    """OHLC per bucket from the 1-minute klines opening in it, aligned with the axis (NaN where none)."""
+    if not axis.start_us.size:
+        return align_candles(axis, np.zeros(0, np.int64), {})
     first, cutoff = int(axis.start_us[0]), int(axis.as_of_us[-1])  # no kline after the last column's state
     files = [str(p) for _, p in klines.between(from_us(first).date(), from_us(cutoff - 1).date())]
     if not files:
-        return out
+        return align_candles(axis, np.zeros(0, np.int64), {})
     rows = con.execute(
         "SELECT epoch_us(open_time) // ? * ? AS b, arg_min(open, open_time) AS open, max(high) AS high, "
         "min(low) AS low, arg_max(close, open_time) AS close FROM read_parquet(?) "
         "WHERE open_time >= ? AND open_time < ? GROUP BY b ORDER BY b",
         [axis.step_us, axis.step_us, files, from_us(first), from_us(cutoff)],
     ).fetchnumpy()
-    pos = np.searchsorted(axis.start_us, rows["b"])
-    for j, i in enumerate(pos):
-        if i < n and axis.start_us[i] == rows["b"][j]:
-            for name in OHLC:
-                value = float(rows[name][j])
-                out[name][i] = value if math.isfinite(value) else None
+    return align_candles(axis, rows["b"], rows)
+
+
+def align_candles(axis: Axis, bucket_us: np.ndarray, ohlc: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Candles per bucket start onto the axis' columns, as float arrays: NaN (null in JSON) where a column has
+    none or a value is not finite."""
+    n = int(axis.start_us.size)
+    out = {name: np.full(n, np.nan) for name in OHLC}
+    pos = np.searchsorted(axis.start_us, bucket_us)
+    hit = pos < n
+    hit[hit] = axis.start_us[pos[hit]] == bucket_us[hit]
+    for name in OHLC:
+        values = np.asarray(ohlc[name], dtype=np.float64)[hit]
+        out[name][pos[hit]] = np.where(np.isfinite(values), values, np.nan)
     return out
+
+
+# --- the tile path ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sources:
+    """The partitions one heatmap answer may read: the heatmap and klines, and with tiles the tile table whose
+    grid holds the buckets' ends (`tiles.TILE_1H` or `TILE_12H`) and the hourly candles."""
+
+    heat: Listing
+    klines: Listing
+    tile: str | None = None
+    tiles: Listing | None = None
+    candles: Listing | None = None
+
+    @property
+    def fingerprint(self) -> tuple:
+        """What the answer cache keys on: a new or replaced partition of any of them is a new answer."""
+        listings = (self.heat, self.klines, self.tiles, self.candles)
+        return (self.tile, *(x.fingerprint if x is not None else None for x in listings))
+
+
+@dataclass(frozen=True)
+class Read:
+    """What phase 2 read: the states' cells, the candles, which source the states came from, and the tile info
+    (lookback, as_of range) of the days a tile served."""
+
+    cells: dict[str, np.ndarray]
+    candles: dict[str, np.ndarray]
+    source: str
+    lookback: dict[date, dict] = field(default_factory=dict)
+
+
+def merge_cells(pieces: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Cell pieces (each a run of whole states in file order) as one, ordered by their first state: the cells of
+    every column keep their order, and the first cell (which fixes the price grid's offset) is the earliest's."""
+    pieces = sorted((p for p in pieces if p["t"].size), key=lambda p: int(p["t"][0]))
+    if not pieces:
+        empty = np.zeros(0)
+        return {"t": empty.astype(np.int64), "price": empty, "long_usd": empty, "short_usd": empty}
+    return {c: np.concatenate([p[c] for p in pieces]) for c in ("t", "price", "long_usd", "short_usd")}
+
+
+def axis_files(axis: Axis, heat: Listing, klines: Listing) -> list[tuple[Path, tuple[int, int, int]]]:
+    """The files the 5-minute path reads for an axis (its heatmap days and candle days), with their versions."""
+    days = [from_us(int(d) * DAY_US).date() for d in np.unique((axis.as_of_us - 1) // DAY_US)]
+    first, cutoff = int(axis.start_us[0]), int(axis.as_of_us[-1])
+    kline_days = [d for d, _ in klines.between(from_us(first).date(), from_us(cutoff - 1).date())]
+    files = [heat.file(d) for d in days] + [klines.file(d) for d in kline_days]
+    return [f for f in files if f is not None]
+
+
+def read_heat_states(path: Path, as_of_us: np.ndarray) -> dict[str, np.ndarray]:
+    """The rows of some states of one 5-minute heatmap partition, in file order: only the row groups whose as_of
+    statistics can hold them are read (a partition written in one row group is read whole), then filtered."""
+    pf = pq.ParquetFile(path)
+    md = pf.metadata
+    col = pf.schema_arrow.get_field_index("as_of")
+    lo, hi = int(as_of_us.min()), int(as_of_us.max())
+    groups = []
+    for i in range(md.num_row_groups):
+        stats = md.row_group(i).column(col).statistics if col >= 0 else None
+        if (
+            stats is not None
+            and stats.has_min_max
+            and isinstance(stats.min, datetime)
+            and not stats.min.tzinfo
+        ):
+            if epoch_us(stats.max) < lo or epoch_us(stats.min) > hi:
+                continue
+        groups.append(i)
+    table = pf.read_row_groups(groups, columns=["as_of", "price", "long_usd", "short_usd"])
+    t = pc.cast(table["as_of"], pa.timestamp("us")).cast(pa.int64()).to_numpy()
+    keep = np.isin(t, as_of_us)
+    return {"t": t[keep], **{c: table[c].to_numpy()[keep] for c in ("price", "long_usd", "short_usd")}}
+
+
+def read_lookback(path: Path) -> dict:
+    """The lookback a heatmap partition was computed with, from its footer (`tiles.lookback_of`)."""
+    return lookback_of(pq.read_schema(path).metadata)
 
 
 def latest_levels(con: duckdb.DuckDBPyConnection, path: Path, sides: list[str], top: int) -> list[tuple]:
@@ -321,7 +455,8 @@ def pivot(column: np.ndarray, grid: PriceGrid, values: np.ndarray, n_columns: in
     """[column, price bucket] sums of `values` (NaN as 0), rounded to whole USD."""
     n = grid.prices.size
     flat = column * n + grid.index
-    summed = np.bincount(flat, weights=np.nan_to_num(values), minlength=n_columns * n)
+    weights = np.nan_to_num(values) if np.isnan(values).any() else values
+    summed = np.bincount(flat, weights=weights, minlength=n_columns * n)
     return np.rint(summed.reshape(n_columns, n)).astype(np.int64)
 
 
@@ -338,3 +473,15 @@ def auto_multiple(span: int) -> int:
 
 def price_decimals(size: float) -> int:
     return max(0, min(12, 2 - math.floor(math.log10(size)))) if size > 0 else 8
+
+
+def candle_decimals(price_bin: float) -> int:
+    """Decimals of a symbol's candle prices: two more than its registry bin's (BTCUSDT bin 100: 2, the exchange's
+    tick 0.1 fits; ETHUSDT bin 5: 4, tick 0.01). Enough for every tick, none of the float noise."""
+    return min(12, price_decimals(price_bin) + 2)
+
+
+def days_in_window(start: datetime, end: datetime) -> int:
+    """How many day partitions can hold a state in (start, end]: D with D < end and D + 1 day > start."""
+    last = (end - timedelta(microseconds=1)).date()
+    return max(0, (last - start.date()).days + 1)

@@ -3,8 +3,10 @@
 The embedded sample market's archive files (`sources.sample.write_day`) go through the real ingest
 (`sources.archive.ingest` over a `LocalMirror`) into the lake's raw tables, and the model's own functions
 (`model_io.load_inputs`, `run_day`, `heatmap_table`, `levels_table`, `events_table`) write the model tables, as the
-`liquidation_model` asset does. So the API is tested and timed on exactly the tables and the time convention the
-pipeline produces: there is no second writer that could drift from it. The market is synthetic, not exchange data.
+`liquidation_model` asset does, stamped with the record of their inputs (`staleness.record_inputs`); then
+`tiles.write_tiles` cuts the tiles, as the `heatmap_tiles` asset does. So the API is tested and timed on exactly the
+tables and the time convention the pipeline produces: there is no second writer that could drift from it. The
+market is synthetic, not exchange data.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from liq_pipeline import model_io
+from liq_pipeline import model_io, staleness, tiles
 from liq_pipeline.formats import FORMATS
 from liq_pipeline.lake import Lake
 from liq_pipeline.model import ModelConfig
@@ -40,8 +42,10 @@ def ingest_day(
 def model_day(
     lake: Lake, spec: SymbolSpec, config: ModelConfig, day: date, with_trades: bool = False
 ) -> None:
-    """What the `liquidation_model` asset does for one partition: read the lookback, replay, write the three tables."""
+    """What the `liquidation_model` and `heatmap_tiles` assets do for one partition: record the inputs, read the
+    lookback, replay, write the three tables with the record, then cut and write the tiles."""
     lookback = [day - timedelta(days=i) for i in reversed(range(config.lookback_days))]
+    record = staleness.record_inputs(lake, spec.symbol, day, config.lookback_days)
     trades = lake.slice("agg_trades", spec.symbol, lookback) if with_trades else None
     loaded = model_io.load_inputs(
         day,
@@ -53,7 +57,8 @@ def model_day(
     result = model_io.run_day(spec, config, loaded)
     tables = (model_io.heatmap_table(result), model_io.levels_table(result), model_io.events_table(result))
     for name, table in zip(model_io.MODEL_TABLES, tables):
-        lake.write(name, spec.symbol, day, table)
+        lake.write(name, spec.symbol, day, staleness.stamp(table, record))
+    tiles.write_tiles(lake, spec.symbol, day)
 
 
 def write_symbol(
