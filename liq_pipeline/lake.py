@@ -28,6 +28,12 @@ import pyarrow.parquet as pq
 PART_FILE = "part-0.parquet"
 TMP_GLOB = f".{PART_FILE}.*.tmp"  # what `Lake.write` writes before renaming it over the partition
 
+# The OHLC of 1-minute klines grouped into a coarser bucket (GROUP BY the bucket): the one aggregation the
+# warehouse's 15-minute view, the model's steps, the API's candles and the hourly candle tiles all use.
+OHLC_SQL = (
+    "arg_min(open, open_time) AS open, max(high) AS high, min(low) AS low, arg_max(close, open_time) AS close"
+)
+
 # Warehouse view name -> SQL over the lake. `{lake}` is replaced by the lake root. The seed's queries run verbatim.
 _VIEWS = {
     "aggtrades_history": "SELECT * FROM read_parquet('{lake}/agg_trades/*/*/*.parquet')",
@@ -41,8 +47,7 @@ _VIEWS = {
     "klines_15m_history": """
         SELECT symbol, CAST(time_bucket(INTERVAL 15 MINUTE, open_time) AS DATE) AS date,
                time_bucket(INTERVAL 15 MINUTE, open_time) AS open_time,
-               arg_min(open, open_time) AS open, max(high) AS high, min(low) AS low,
-               arg_max(close, open_time) AS close, sum(volume) AS volume, sum(quote_volume) AS quote_volume,
+               {ohlc}, sum(volume) AS volume, sum(quote_volume) AS quote_volume,
                sum(trade_count) AS trade_count, sum(taker_buy_volume) AS taker_buy_volume,
                sum(taker_buy_quote_volume) AS taker_buy_quote_volume
         FROM read_parquet('{lake}/klines/*/*/*.parquet')
@@ -203,7 +208,7 @@ class Lake:
     def view_sql(self) -> dict[str, str]:
         """The warehouse's views, name -> SQL over this lake, for the tables that have at least one partition."""
         return {
-            view: sql.format(lake=self.root.as_posix())
+            view: sql.format(lake=self.root.as_posix(), ohlc=OHLC_SQL)
             for view, sql in _VIEWS.items()
             if any((self.root / _VIEW_TABLE[view]).glob(f"*/*/{PART_FILE}"))
         }

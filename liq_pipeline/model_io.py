@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from liq_pipeline.lake import LakeSlice
+from liq_pipeline.lake import OHLC_SQL, LakeSlice
 from liq_pipeline.model import ModelConfig, ModelInputs, ModelResult, hourly_levels, run_model
 from liq_pipeline.model.engine import ENTRY_SUBBINS
 from liq_pipeline.symbols import SymbolSpec
@@ -88,7 +88,7 @@ def load_inputs(
         bars = con.execute(
             f"""
             SELECT epoch_us(open_time) // {step_us} AS step,
-                   arg_min(open, open_time) AS o, max(high) AS h, min(low) AS l, arg_max(close, open_time) AS c,
+                   {OHLC_SQL},
                    sum(taker_buy_volume) AS buy, sum(volume) - sum(taker_buy_volume) AS sell,
                    epoch_us(max(open_time)) AS last_bar
             FROM read_parquet(?) GROUP BY step ORDER BY step
@@ -135,10 +135,10 @@ def load_inputs(
 
     inputs = ModelInputs(
         ts=(steps * step_us * 1000).astype("datetime64[ns]"),
-        open=bars["o"],
-        high=bars["h"],
-        low=bars["l"],
-        close=bars["c"],
+        open=bars["open"],
+        high=bars["high"],
+        low=bars["low"],
+        close=bars["close"],
         oi=oi_at_end,
         oi_start=oi_start,
         taker_buy=bars["buy"],

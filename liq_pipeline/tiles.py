@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from liq_pipeline.lake import Lake
+from liq_pipeline.lake import OHLC_SQL, Lake
 from liq_pipeline.model_io import CONFIG_KEY, HEATMAP
 from liq_pipeline.staleness import INPUTS_KEY
 
@@ -131,7 +131,7 @@ def heatmap_tiles(heat: pa.Table, version: dict) -> dict[str, pa.Table]:
 
 _HOURLY_SQL = f"""
     SELECT make_timestamp(epoch_us(open_time) // {HOUR_US} * {HOUR_US}) AS open_time,
-           arg_min(open, open_time) AS open, max(high) AS high, min(low) AS low, arg_max(close, open_time) AS close,
+           {OHLC_SQL},
            sum(volume) AS volume, sum(quote_volume) AS quote_volume, sum(trade_count) AS trade_count,
            sum(taker_buy_volume) AS taker_buy_volume, sum(taker_buy_quote_volume) AS taker_buy_quote_volume,
            count(*) AS minutes

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from liq_pipeline.lake import PART_FILE, Lake
+from liq_pipeline.lake import OHLC_SQL, PART_FILE, Lake
 from liq_pipeline.model_io import CONFIG_KEY
 from liq_pipeline.sources.archive import SOURCE_KEY
 from liq_pipeline.tiles import lookback_of
@@ -301,8 +301,7 @@ def read_candles(con: duckdb.DuckDBPyConnection, klines: Listing, axis: Axis) ->
     if not files:
         return align_candles(axis, np.zeros(0, np.int64), {})
     rows = con.execute(
-        "SELECT epoch_us(open_time) // ? * ? AS b, arg_min(open, open_time) AS open, max(high) AS high, "
-        "min(low) AS low, arg_max(close, open_time) AS close FROM read_parquet(?) "
+        f"SELECT epoch_us(open_time) // ? * ? AS b, {OHLC_SQL} FROM read_parquet(?) "
         "WHERE open_time >= ? AND open_time < ? GROUP BY b ORDER BY b",
         [axis.step_us, axis.step_us, files, from_us(first), from_us(cutoff)],
     ).fetchnumpy()
