@@ -319,3 +319,24 @@ def test_todays_heatmap_is_served_fresh_from_live_rows(tmp_path, monkeypatch):
     assert pc.max(lake.read("klines", "BTCUSDT", [today])["open_time"]).as_py() > now.replace(
         tzinfo=None
     ) - timedelta(minutes=3)
+
+
+def test_the_collector_answers_pings_and_reconnects_after_the_connection_limit(tmp_path):
+    """Binance pings and drops a connection that does not answer; it also closes every connection after 24 hours.
+    Here: pings every 0.3 s and a 1.5 s lifetime."""
+    lake = Lake.at(tmp_path)
+    clock = virtual_clock(datetime.combine(DAY, datetime.min.time()) + timedelta(hours=14), speed=300)
+    with LoopbackExchange(
+        ["BTCUSDT"],
+        trades_per_day=TRADES,
+        clock=clock,
+        ping_interval=0.3,
+        pong_timeout=1.0,
+        max_connection_seconds=1.5,
+    ) as ex:
+        run = Running(collector(lake, ex))
+        wait_for(lambda: ex.connections_total >= 3, what="reconnects after the connection limit")
+        time.sleep(0.5)
+        run.stop()
+        assert ex.pongs_received >= 3 and ex.connections_closed_for_no_pong == 0
+    assert_trades_are_the_markets(lake)  # no gap across the reconnects
