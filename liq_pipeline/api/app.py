@@ -829,11 +829,3 @@ def _add_page(app: FastAPI) -> None:
             raise ApiError(404, f"no static file {name[:60]!r}")
         media = "application/javascript" if name.endswith(".js") else None
         return FileResponse(allowed[name], media_type=media)
-
-
-def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | str | None = None) -> None:
-    """Run the API and page with uvicorn (blocking). Loopback by default."""
-    import uvicorn
-
-    print(f"liq_pipeline API and heatmap page on http://{host}:{port}/ (lake: {Lake.at(data_dir).root})")
-    uvicorn.run(create_app(data_dir), host=host, port=port, log_level="info")
