@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import duckdb
@@ -69,6 +69,29 @@ _VIEW_TABLE = {
 def data_dir() -> Path:
     """`$LIQ_DATA_DIR`, default `./data`: the one place every path of the project starts from."""
     return Path(os.environ.get("LIQ_DATA_DIR") or "data").resolve()
+
+
+def column_max(path: Path, column: str) -> datetime | None:
+    """The largest value of a column of one Parquet file, from its row-group statistics (no data read; the data
+    when a row group lacks them). Timestamps come back naive UTC, like the lake's."""
+    md = pq.ParquetFile(path).metadata
+    names = [md.schema.column(i).name for i in range(md.num_columns)]
+    if column not in names:
+        return None
+    col = names.index(column)
+    best = None
+    for rg in range(md.num_row_groups):
+        stats = md.row_group(rg).column(col).statistics
+        if stats is None or not stats.has_min_max:
+            best = None
+            break
+        best = stats.max if best is None else max(best, stats.max)
+    if best is None:
+        with duckdb.connect() as con:
+            best = con.execute(f'SELECT max("{column}") FROM read_parquet(?)', [str(path)]).fetchone()[0]
+    if isinstance(best, datetime) and best.tzinfo is not None:
+        best = best.replace(tzinfo=None) - best.utcoffset()
+    return best
 
 
 @contextmanager

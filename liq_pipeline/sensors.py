@@ -17,7 +17,6 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pyarrow.compute as pc
 from dagster import (
     AssetCheckEvaluation,
     AssetCheckSeverity,
@@ -32,7 +31,7 @@ from dagster import (
 from PIL import Image
 
 from liq_pipeline import staleness
-from liq_pipeline.lake import Lake, data_dir
+from liq_pipeline.lake import Lake, column_max, data_dir
 from liq_pipeline.live.partition import live_info
 from liq_pipeline.model_io import HEATMAP
 from liq_pipeline.partitions import DAILY, partition_key
@@ -256,8 +255,8 @@ def live_scan(
                 or not lake.exists("open_interest", symbol, day)
             ):
                 continue
-            newest = lake.read("klines", symbol, [day], columns=["open_time"])["open_time"]
-            bar_end = int(pc.max(newest).as_py().replace(tzinfo=UTC).timestamp() * 1000) + 60_000
+            newest = column_max(lake.partition_file("klines", symbol, day), "open_time")  # from the footer
+            bar_end = int(newest.replace(tzinfo=UTC).timestamp() * 1000) + 60_000
             step_end = bar_end - bar_end % step_ms
             new_cursor[key] = max(step_end, cursor.get(key, 0))
             if step_end > cursor.get(key, 0):

@@ -47,7 +47,6 @@ from liq_pipeline.api.queries import (
     align_candles,
     axis_files,
     candle_decimals,
-    column_max,
     covering_days,
     dates_summary,
     days_in_window,
@@ -69,7 +68,7 @@ from liq_pipeline.api.queries import (
     read_source,
     time_axis,
 )
-from liq_pipeline.lake import Lake
+from liq_pipeline.lake import Lake, column_max
 from liq_pipeline.live.partition import newest_live_rows
 from liq_pipeline.symbols import SYMBOL_RE, Registry, RegistryError, load_registry, registry_path
 from liq_pipeline.tiles import (

@@ -174,28 +174,6 @@ def read_source(path: Path) -> str | None:
     return raw.decode() if raw else None
 
 
-def column_max(path: Path, column: str) -> datetime | None:
-    """The largest value of a timestamp column, from the row-group statistics (the data when they lack it)."""
-    md = pq.ParquetFile(path).metadata
-    names = [md.schema.column(i).name for i in range(md.num_columns)]
-    if column not in names:
-        return None
-    col = names.index(column)
-    best = None
-    for rg in range(md.num_row_groups):
-        stats = md.row_group(rg).column(col).statistics
-        if stats is None or not stats.has_min_max:
-            best = None
-            break
-        best = stats.max if best is None else max(best, stats.max)
-    if best is None:
-        with duckdb.connect() as con:
-            best = con.execute(f'SELECT max("{column}") FROM read_parquet(?)', [str(path)]).fetchone()[0]
-    if isinstance(best, datetime) and best.tzinfo is not None:
-        best = best.replace(tzinfo=None) - best.utcoffset()
-    return best
-
-
 def model_step(config: dict) -> timedelta:
     """The model's step from its stored config; the default when absent or not a whole divisor of a day."""
     minutes = config.get("step_minutes")

@@ -18,13 +18,12 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from liq_pipeline import staleness
 from liq_pipeline.formats import FORMATS
 from liq_pipeline.formats.binance import sort_unique
-from liq_pipeline.lake import Lake
+from liq_pipeline.lake import Lake, column_max
 from liq_pipeline.sources.archive import LIVE_SOURCE, SOURCE_KEY, empty_table
 
 COVERAGE_KEY = b"liq_live_coverage"
@@ -169,8 +168,7 @@ def newest_live_rows(lake: Lake, symbols: list[str], now: datetime | None = None
                 info = live_info(path)
                 if info is None or not info.live or info.rows == 0:
                     continue
-                col = "open_time" if table == "klines" else "ts"
-                t = pc.max(pq.read_table(path, columns=[col])[col]).as_py()
+                t = column_max(path, "open_time" if table == "klines" else "ts")  # from the footer
                 newest = max(newest, t) if newest else t
             if newest is not None:
                 out[symbol] = {"newest": newest, "age_seconds": round((now - newest).total_seconds(), 1)}
