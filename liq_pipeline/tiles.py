@@ -211,6 +211,11 @@ class DayTile:
         arrays = (self.states, self.bounds, self.price, self.long_usd, self.short_usd)
         return sum(a.nbytes for a in arrays) + 500
 
+    def cells(self) -> dict[str, np.ndarray]:
+        """Every cell: t (as_of µs), price, long, short, grouped by state."""
+        t = np.repeat(self.states, np.diff(self.bounds))
+        return {"t": t, "price": self.price, "long_usd": self.long_usd, "short_usd": self.short_usd}
+
     def select(self, as_of_us: np.ndarray) -> dict[str, np.ndarray]:
         """The cells of the given states (those present), in the file's order: t (as_of µs), price, long, short."""
         counts = np.diff(self.bounds)

@@ -18,6 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from liq_pipeline import model_io
+from liq_pipeline.api import queries
 from liq_pipeline.api.app import WINDOWS, create_app
 from liq_pipeline.api.sample_lake import model_day, write_sample_lake
 from liq_pipeline.lake import Lake
@@ -610,6 +611,30 @@ def test_cache_hits_and_new_data_is_never_hidden(tmp_path, lake_dir):
     # the cache can be turned off
     c2 = TestClient(create_app(data, registry_file=PACKAGED_FILE, cache=False))
     assert get(c2, **past).headers["x-cache"] == get(c2, **past).headers["x-cache"] == "miss"
+
+
+def test_a_day_added_or_removed_shows_though_the_listing_kept_its_folders(tmp_path, lake_dir):
+    """The API keeps each symbol folder's day list while the folder's mtime stays (`queries._day_folders`): adding
+    or removing a day changes it, so the next answer sees the day, and a folder changed within the last 2 s is
+    always read again."""
+    data = tmp_path / "data"
+    shutil.copytree(lake_dir, data)
+    lake = Lake.at(data)
+    hour_ago = datetime.now().timestamp() - 3600
+    for table in ("liquidation_heatmap", "klines"):
+        os.utime(lake.root / table / "symbol=BTCUSDT", (hour_ago, hour_ago))  # settled: the day list is kept
+    client = TestClient(create_app(data, registry_file=PACKAGED_FILE, cache=False))
+    assert get(client, symbol="BTCUSDT", time_window="24h").json()["as_of"][-1] == LATEST
+    assert queries._FOLDERS[str(lake.root / "liquidation_heatmap" / "symbol=BTCUSDT")][1][-1][0] == DAYS[-1]
+
+    build_lake(data, days=[date(2024, 12, 29)], symbols=["BTCUSDT"])
+    assert get(client, symbol="BTCUSDT", time_window="24h").json()["as_of"][-1] == "2024-12-30T00:00:00Z"
+
+    for table in ("liquidation_heatmap", "klines"):
+        os.utime(lake.root / table / "symbol=BTCUSDT", (hour_ago, hour_ago))
+    assert get(client, symbol="BTCUSDT", time_window="24h").json()["as_of"][-1] == "2024-12-30T00:00:00Z"
+    shutil.rmtree(lake.partition_file("liquidation_heatmap", "BTCUSDT", date(2024, 12, 29)).parent)
+    assert get(client, symbol="BTCUSDT", time_window="24h").json()["as_of"][-1] == LATEST
 
 
 def test_registry_is_the_whitelist(tmp_path, lake_dir, monkeypatch):

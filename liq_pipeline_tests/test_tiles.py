@@ -19,8 +19,11 @@ from dagster import AssetKey, materialize
 from fastapi.testclient import TestClient
 
 from liq_pipeline import tiles
+from liq_pipeline.api import grid
 from liq_pipeline.api.app import create_app
-from liq_pipeline.api.queries import candle_decimals, price_decimals
+from liq_pipeline.api.grid import block as real_block
+from liq_pipeline.api.grid import candle_decimals, price_decimals
+from liq_pipeline.api.queries import as_of_ranges, epoch_us, read_heat_states
 from liq_pipeline.api.sample_lake import model_day, write_sample_lake
 from liq_pipeline.assets.model import MODEL_ASSETS
 from liq_pipeline.assets.raw import RAW_ASSETS
@@ -284,3 +287,49 @@ def test_coverage_names_the_days_with_data_and_the_partial_lookbacks(lake_dir, w
     assert without_source(ask(five_minute, "ETHUSDT", window))["coverage"] == {
         k: v for k, v in cov.items() if k != "source"
     }
+
+
+# --- what an answer reads and keeps ------------------------------------------------------------------------------
+
+
+def test_another_end_time_reuses_every_day_s_kept_block(lake_dir, monkeypatch):
+    """A day's [state, bucket] sums are kept under its tile's version: an answer ending an hour later (so the first
+    and last days show other states) sums no day again; only its off-the-hour state is read and summed."""
+    summed = []
+    monkeypatch.setattr(
+        grid, "block", lambda states, *a: summed.append(states.size) or real_block(states, *a)
+    )
+    with_tiles, five_minute = clients(lake_dir)
+    api = with_tiles.app.state.api
+    ask(with_tiles, "BTCUSDT", "7d", "2024-12-26T13:35:00")
+    assert len(summed) == 8  # seven days' tiles (2024-12-20 .. 12-26) and the 13:35 state
+    loads, summed[:] = api.day_files.stats["loads"], []
+    later = ask(with_tiles, "BTCUSDT", "7d", "2024-12-26T14:35:00")
+    assert summed == [1]  # the 14:35 state, read from the 5-minute heatmap
+    assert api.day_files.stats["loads"] - loads == 1
+    plain = ask(five_minute, "BTCUSDT", "7d", "2024-12-26T14:35:00")
+    assert later["long"] == plain["long"] and later["short"] == plain["short"]
+
+
+def test_the_heatmap_is_written_in_hour_row_groups_and_a_state_reads_one(lake_dir, monkeypatch):
+    lake = Lake.at(lake_dir)
+    path = lake.partition_file("liquidation_heatmap", "BTCUSDT", DAYS[4])
+    ranges = as_of_ranges(path)
+    hours = (ranges - 1) // tiles.HOUR_US  # (H, H + 1 h]: the state at a whole hour ends its group
+    assert len(ranges) == 24 and (hours[:, 0] == hours[:, 1]).all() and np.unique(hours[:, 0]).size == 24
+    assert pq.read_metadata(lake.partition_file("klines", "BTCUSDT", DAYS[4])).num_row_groups == 1
+
+    read = []
+    original = pq.ParquetFile.read_row_groups
+    monkeypatch.setattr(
+        pq.ParquetFile,
+        "read_row_groups",
+        lambda self, groups, **kw: read.append(groups) or original(self, groups, **kw),
+    )
+    state = epoch_us(datetime(2024, 12, 24, 13, 35))
+    cells = read_heat_states(path, np.array([state]))
+    assert read == [[13]]
+    whole = pq.read_table(path).filter(pc.equal(pq.read_table(path)["as_of"], datetime(2024, 12, 24, 13, 35)))
+    assert cells["t"].size == whole.num_rows > 0 and (cells["t"] == state).all()
+    assert cells["price"].tolist() == whole["price"].to_pylist()
+    assert cells["long_usd"].tolist() == whole["long_usd"].to_pylist()

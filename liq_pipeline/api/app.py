@@ -15,16 +15,18 @@ Answers are serialized with orjson and gzip-compressed for clients that accept i
 
 from __future__ import annotations
 
-import gzip as gzip_module
+import asyncio
 import math
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from importlib.resources import files as package_files
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NoReturn
 
 import duckdb
 import numpy as np
@@ -32,10 +34,12 @@ import orjson
 import pyarrow as pa
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
+from isal import igzip
 from starlette.middleware.gzip import GZipMiddleware
 
 from liq_pipeline import symbols as symbols_module
 from liq_pipeline.api.cache import AnswerCache, ByteLRU, FooterCache
+from liq_pipeline.api.grid import Grids, Matrices, Piece, candle_decimals, price_decimals
 from liq_pipeline.api.queries import (
     DAY_US,
     OHLC,
@@ -45,8 +49,8 @@ from liq_pipeline.api.queries import (
     Read,
     Sources,
     align_candles,
+    as_of_ranges,
     axis_files,
-    candle_decimals,
     covering_days,
     dates_summary,
     days_in_window,
@@ -55,11 +59,7 @@ from liq_pipeline.api.queries import (
     iso_list,
     latest_levels,
     list_partitions,
-    merge_cells,
     model_step,
-    pivot,
-    price_decimals,
-    price_grid,
     read_candles,
     read_cells,
     read_config,
@@ -92,14 +92,14 @@ LEVELS = "liquidation_levels"
 KLINES = "klines"
 HEATMAP_5M = "heatmap_5m"  # coverage.source when the states came from the 5-minute heatmap
 GZIP_MIN_BYTES = 1024  # smaller answers go uncompressed
-# zlib level 1: a 7-day answer (~560 KB of JSON) compresses to ~225 KB against ~211 KB at level 6, at a third of
-# the CPU time; the time a request costs matters more than those last 6 %.
+# ISA-L's gzip (python-isal) at level 1: a 7-day answer (~470 KB of JSON) takes 1.8 ms and gives ~208 KB, where
+# zlib takes 6 ms at level 1 (~214 KB); the compressed stream is ordinary gzip.
 GZIP_LEVEL = 1
 DAY_FILE_CACHE_BYTES = 96 * 2**20  # parsed tiles and klines days kept in memory (see `ByteLRU`)
-# Answers are computed on this many threads of their own (the requests' threads wait for them): on 2 cores with
-# the GIL more in flight add no throughput, only memory (50 concurrent clients on the 40 request threads peaked at
-# ~600 MB: every thread that allocates large arrays grows a malloc arena of its own) and latency spread.
-ANSWER_THREADS = 4
+# The heatmap endpoint is async and hands each request to this many threads of its own: on 2 cores with the GIL,
+# more in flight add no throughput, only GIL hand-offs, memory (every thread that allocates large arrays grows a
+# malloc arena of its own) and latency spread. Sync endpoints would run on anyio's 40 threads instead.
+ANSWER_THREADS = int(os.environ.get("LIQ_API_THREADS", "2"))
 
 NOTE = (
     "Model estimate of where open positions would be liquidated, reconstructed from public Binance data "
@@ -208,12 +208,9 @@ def is_gzip(body: bytes) -> bool:
     return body[:2] == b"\x1f\x8b"
 
 
-def layout(axis: Axis, cells: dict, candles: dict[str, np.ndarray], price_bin: float, k: int | None) -> dict:
-    """Phase 3: cells onto the (re-binned) price grid and the time columns; prices rounded to the grid's decimals,
-    candles to the symbol's (`candle_decimals`; NaN is null), USD to whole dollars. Arrays stay numpy for orjson."""
-    grid = price_grid(np.asarray(cells["price"], dtype=np.float64), price_bin, k)
-    column = np.searchsorted(axis.as_of_us, np.asarray(cells["t"], dtype=np.int64))
-    n = int(axis.start_us.size)
+def layout(axis: Axis, grid: Matrices, candles: dict[str, np.ndarray], price_bin: float) -> dict:
+    """Phase 3: the matrices and candles as the answer's arrays: prices rounded to the grid's decimals, candles to
+    the symbol's (`candle_decimals`; NaN is null). Arrays stay numpy for orjson."""
     times = iso_list(axis.start_us)
     places = candle_decimals(price_bin)
     return {
@@ -221,8 +218,8 @@ def layout(axis: Axis, cells: dict, candles: dict[str, np.ndarray], price_bin: f
         "times": times,
         "as_of": iso_list(axis.as_of_us),
         "prices": np.round(grid.prices, price_decimals(grid.size)),
-        "long": pivot(column, grid, np.asarray(cells["long_usd"], dtype=np.float64), n),
-        "short": pivot(column, grid, np.asarray(cells["short_usd"], dtype=np.float64), n),
+        "long": grid.long,
+        "short": grid.short,
         "candles": {"time": times, **{c: np.round(candles[c], places) for c in OHLC}},
     }
 
@@ -241,8 +238,9 @@ class LakeApi:
     ):
         self.lake = Lake.at(data_dir)
         self.use_tiles = tiles  # False: every answer from the 5-minute heatmap (tests compare the two)
-        self._answer_threads = ThreadPoolExecutor(ANSWER_THREADS, thread_name_prefix="liq-answer")
         self.day_files = ByteLRU(day_cache_bytes)
+        # A tile day's [state, bucket] sums (`grid.Grids`) are kept beside the parsed files.
+        self.grids = Grids(self.day_files)
         self._registry_file = Path(registry_file) if registry_file else None
         self._registry_state: tuple[tuple, Registry] | None = None
         self.registry_error: str | None = None
@@ -331,29 +329,45 @@ class LakeApi:
             )
         spec = registry.specs[symbol]
         k = bin_multiple(price_bin_size, spec.price_bin)
-        heat = list_partitions(self.lake, HEATMAP, symbol)
+        start, end = self._window(symbol, time_window, start_time, end_time)
+        # Only the partitions that can hold a state in (start, end] are listed (stat-ed): a year of days is not.
+        days = ((start - timedelta(days=1)).date(), end.date())
+        heat = list_partitions(self.lake, HEATMAP, symbol, *days)
         if not heat.days:
+            self._no_data(symbol, start, end)
+        src = self._sources(symbol, heat, step_for_span(end - start), days)
+        key = (symbol, spec.price_bin, time_window, start, end, k, src.fingerprint)
+        return self._body(
+            key, gzip, lambda: self._heatmap_answer(symbol, spec.price_bin, time_window, start, end, k, src)
+        )
+
+    def _no_data(self, symbol: str, start: datetime | None = None, end: datetime | None = None) -> NoReturn:
+        """The 404 for no heatmap state in (start, end] (or none at all), naming the dates that exist."""
+        every = list_partitions(self.lake, HEATMAP, symbol).days
+        if not every:
             raise ApiError(
                 404,
                 f"no heatmap data for {symbol} yet: no dates exist in the lake ({self.lake.root / HEATMAP}). "
                 "Materialize the liquidation_heatmap asset for it first.",
                 available_dates=None,
             )
-        start, end = self._window(heat, time_window, start_time, end_time)
-        src = self._sources(symbol, heat, step_for_span(end - start))
-        key = (symbol, spec.price_bin, time_window, start, end, k, src.fingerprint)
-        return self._body(
-            key, gzip, lambda: self._heatmap_answer(symbol, spec.price_bin, time_window, start, end, k, src)
+        hint = dates_summary(every)
+        raise ApiError(
+            404,
+            f"no heatmap data for {symbol} between {start.isoformat()} and {end.isoformat()}; "
+            f"dates that exist: {hint['start']} to {hint['end']} ({hint['days']} days)",
+            available_dates=hint,
         )
 
-    def _sources(self, symbol: str, heat: Listing, step: timedelta) -> Sources:
-        """The partitions an answer of this step reads: the heatmap and klines, and from 1 h steps up (tiles on)
-        the tile whose grid holds the buckets' ends and the hourly candles. Their fingerprints key the cache."""
-        klines = list_partitions(self.lake, KLINES, symbol)
+    def _sources(self, symbol: str, heat: Listing, step: timedelta, days: tuple[date, date]) -> Sources:
+        """The partitions of these days an answer of this step reads: the heatmap and klines, and from 1 h steps up
+        (tiles on) the tile whose grid holds the buckets' ends and the hourly candles. Their fingerprints key the
+        cache."""
+        klines = list_partitions(self.lake, KLINES, symbol, *days)
         tile = tile_table(int(step.total_seconds()) * 1_000_000) if self.use_tiles else None
         if tile is None:
             return Sources(heat, klines)
-        tiles, candles = (list_partitions(self.lake, t, symbol) for t in (tile, CANDLES_1H))
+        tiles, candles = (list_partitions(self.lake, t, symbol, *days) for t in (tile, CANDLES_1H))
         return Sources(heat, klines, tile, tiles, candles)
 
     def _body(self, key: tuple, gzip: bool, answer: Callable[[], dict]) -> tuple[bytes, bool]:
@@ -365,22 +379,16 @@ class LakeApi:
                 return body, True
         body = self.cache.get(key)
         hit = body is not None
-        if body is None or gzip:
-            body = self._answer_threads.submit(self._encode, key, gzip, answer, body).result()
-        return body, hit
-
-    def _encode(self, key: tuple, gzip: bool, answer: Callable[[], dict], body: bytes | None) -> bytes:
-        """On an answer thread: the JSON body (unless given), cached, then its gzip form if asked, cached too."""
         if body is None:
             body = orjson.dumps(answer(), option=orjson.OPT_SERIALIZE_NUMPY)
             self.cache.put(key, body)
         if gzip and len(body) >= GZIP_MIN_BYTES:
-            body = gzip_module.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
+            body = igzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
             self.cache.put((*key, "gzip"), body)
-        return body
+        return body, hit
 
     def _window(
-        self, heat: Listing, time_window: str, start_time: datetime | None, end_time: datetime | None
+        self, symbol: str, time_window: str, start_time: datetime | None, end_time: datetime | None
     ) -> tuple[datetime, datetime]:
         """(start, end] of the answer: the given times, else the window's length before the newest state."""
         length, _ = WINDOWS[time_window]
@@ -390,6 +398,9 @@ class LakeApi:
             return end_time - length, end_time
         if start_time is not None:
             return start_time, start_time + length
+        heat = list_partitions(self.lake, HEATMAP, symbol)
+        if not heat.days:
+            self._no_data(symbol)
         latest = self._latest_as_of(heat) or _midnight_after(heat.days[-1])
         return latest - length, latest
 
@@ -421,7 +432,9 @@ class LakeApi:
             "start_time": start.isoformat() + "Z",
             "end_time": end.isoformat() + "Z",
             "step_seconds": axis.step_us // 1_000_000,
-            **layout(axis, read.cells, read.candles, price_bin, k),
+            **layout(
+                axis, self.grids.matrices(axis.as_of_us, read.pieces, price_bin, k), read.candles, price_bin
+            ),
             "missing_dates": [d.isoformat() for d in axis.missing_days],
             "coverage": self._coverage(start, end, present, src.heat, read),
             "params": params,
@@ -443,13 +456,7 @@ class LakeApi:
             params = self.footers.get(path, "config", read_config, {}, version)
             axis = time_axis(start, end, step_for_span(end - start), model_step(params), heat, present)
         if axis is None or not axis.start_us.size:
-            hint = dates_summary(heat.days)
-            raise ApiError(
-                404,
-                f"no heatmap data for {symbol} between {start.isoformat()} and {end.isoformat()}; "
-                f"dates that exist: {hint['start']} to {hint['end']} ({hint['days']} days)",
-                available_dates=hint,
-            )
+            self._no_data(symbol, start, end)
         return present, params, axis
 
     def _read(self, symbol: str, axis: Axis, src: Sources) -> Read:
@@ -461,7 +468,10 @@ class LakeApi:
             self._count_reads(axis_files(axis, src.heat, src.klines))
             con = self._cursor()
             try:
-                return Read(read_cells(con, axis), read_candles(con, src.klines, axis), HEATMAP_5M)
+                cells = read_cells(con, axis)
+                return Read(
+                    [Piece(axis.as_of_us, lambda: cells)], read_candles(con, src.klines, axis), HEATMAP_5M
+                )
             finally:
                 con.close()
         except (duckdb.Error, pa.ArrowException) as exc:
@@ -486,20 +496,21 @@ class LakeApi:
             if heat_file is None:
                 continue  # no heatmap partition: the day's columns are zeros (missing_dates)
             wanted = axis.as_of_us[day_of == d]
-            tile = self._day_tile(src, day, heat_file)
-            on = wanted % grid_us == 0 if tile is not None else np.zeros(wanted.size, dtype=bool)
-            if tile is not None:
+            found = self._day_tile(src, day, heat_file)
+            on = wanted % grid_us == 0 if found is not None else np.zeros(wanted.size, dtype=bool)
+            if found is not None:
+                (path, version), tile = found
                 lookback[day] = tile.info
-                pieces.append(tile.select(wanted[on]))
+                pieces.append(Piece(wanted[on], tile.cells, (str(path), *version)))
             off = wanted[~on]
             if off.size:
-                pieces.append(self._heat_states(heat_file, off).select(off))
+                pieces.append(Piece(off, lambda f=heat_file, off=off: self._heat_states(f, off).select(off)))
             counts[0], counts[1] = counts[0] + int(on.sum()), counts[1] + int(off.size)
         with self._lock:
             self.stats["tile_states"] += counts[0]
             self.stats["heatmap_5m_states"] += counts[1]
         source = src.tile if lookback else HEATMAP_5M
-        return Read(merge_cells(pieces), self._tile_candles(axis, src), source, lookback)
+        return Read(pieces, self._tile_candles(axis, src), source, lookback)
 
     def _heat_states(self, file: tuple[Path, tuple[int, int, int]], as_of_us: np.ndarray) -> DayTile:
         """Some states of one 5-minute heatmap partition (off the tile's grid), kept in the day cache: the answers
@@ -508,7 +519,8 @@ class LakeApi:
 
         def load() -> DayTile:
             self._count_reads([file])
-            cells = read_heat_states(path, as_of_us)
+            ranges = self.footers.get(path, "as_of ranges", as_of_ranges, None, version)
+            cells = read_heat_states(path, as_of_us, ranges)
             return group_cells(cells["t"], cells)
 
         return self.day_files.get((str(path), *version, as_of_us.tobytes()), load)
@@ -533,8 +545,9 @@ class LakeApi:
             lambda: self.footers.get(path, "digest", footer_digest, None, version),
         )
 
-    def _day_tile(self, src: Sources, day: date, heat_file: tuple) -> DayTile | None:
-        """The day's heatmap tile if there is one and it matches the day's heatmap file; else None (fall back)."""
+    def _day_tile(self, src: Sources, day: date, heat_file: tuple) -> tuple[tuple, DayTile] | None:
+        """The day's tile file and heatmap tile if there is one and it matches the day's heatmap file; else None
+        (fall back)."""
         tile_file = src.tiles.file(day)
         if tile_file is None:
             return None
@@ -542,7 +555,7 @@ class LakeApi:
             tile = self._load(tile_file, load_day_tile)
         except (OSError, ValueError, pa.ArrowException):  # being replaced or unreadable: the heatmap has it
             return None
-        return tile if self._fresh(tile.info, heat_file) else None
+        return (tile_file, tile) if self._fresh(tile.info, heat_file) else None
 
     def _day_candles(self, src: Sources, day: date) -> Candles | None:
         """The day's hourly candles if the tile matches the day's klines file now (a live day's klines grow)."""
@@ -728,6 +741,7 @@ def create_app(
     # answers on a 30-day lake (each reads Parquet pages it frees at once); the server is its own process.
     pa.set_memory_pool(pa.system_memory_pool())
     api = LakeApi(data_dir, registry_file=registry_file, cache=cache, cache_size=cache_size, tiles=tiles)
+    answers = ThreadPoolExecutor(ANSWER_THREADS, thread_name_prefix="liq-answer")
     app = FastAPI(
         title="liq_pipeline API",
         version="0.1.0",
@@ -758,7 +772,7 @@ def create_app(
         description="Each column is the model's state at the end of its time bucket, beside that bucket's candle. "
         + TIME_NOTE,
     )
-    def heatmap_timeseries(
+    async def heatmap_timeseries(
         request: Request,
         symbol: SymbolQuery,
         time_window: Annotated[
@@ -776,8 +790,11 @@ def create_app(
         ] = None,
     ) -> Response:
         accepts_gzip = "gzip" in request.headers.get("accept-encoding", "")
-        body, hit = api.heatmap(
-            symbol, time_window.value, start_time, end_time, price_bin_size, gzip=accepts_gzip
+        body, hit = await asyncio.get_running_loop().run_in_executor(
+            answers,
+            partial(
+                api.heatmap, symbol, time_window.value, start_time, end_time, price_bin_size, accepts_gzip
+            ),
         )
         headers = {"X-Cache": "hit" if hit else "miss", "Vary": "Accept-Encoding"}
         if is_gzip(body):  # compressed and cached by the API; the middleware passes it through

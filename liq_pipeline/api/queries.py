@@ -12,13 +12,13 @@ are computed from the bucket grid, never searched among the rows: a bucket whose
 from __future__ import annotations
 
 import json
-import math
 import os
+import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import numpy as np
@@ -31,10 +31,10 @@ from liq_pipeline.model_io import CONFIG_KEY
 from liq_pipeline.sources.archive import SOURCE_KEY
 from liq_pipeline.tiles import lookback_of
 
+if TYPE_CHECKING:
+    from liq_pipeline.api.grid import Piece
+
 DEFAULT_MODEL_STEP = timedelta(minutes=5)
-TARGET_PRICE_BUCKETS = 400  # default re-binning aims at no more than this many price rows
-MAX_BUCKETS = 5000  # hard limit on price buckets in one answer
-_NICE_MULTIPLES = (1, 2, 4, 5)  # automatic re-binning uses k * 10^n of the registry bin, k in these
 DAY_US = 86_400_000_000
 EPOCH = datetime(1970, 1, 1)
 OHLC = ("open", "high", "low", "close")
@@ -102,6 +102,12 @@ class Listing:
 
 
 _PATHS: dict[str, Path] = {}  # partition file paths by string: a listing per request builds no Path twice
+_FOLDERS: dict[
+    str, tuple[int, list[tuple[date, str]]]
+] = {}  # symbol folder -> (its mtime, its date= folders)
+_SETTLED_NS = (
+    2_000_000_000  # a folder whose mtime is older than this is trusted not to change within that tick
+)
 
 
 def _partition_path(folder: str) -> Path:
@@ -113,33 +119,53 @@ def _partition_path(folder: str) -> Path:
     return path
 
 
+def _day_folders(base: Path) -> list[tuple[date, str]]:
+    """A symbol folder's `date=` folders, by day: read again only when the folder's mtime changes (adding or
+    removing a day changes it; replacing a day's file does not, and files are stat-ed on every listing). A folder
+    changed in the last 2 s is always read: two changes within one clock tick would keep its mtime."""
+    key = str(base)
+    try:
+        mtime = os.stat(key).st_mtime_ns
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    known = _FOLDERS.get(key)
+    if known is not None and known[0] == mtime:
+        return known[1]
+    days = []
+    for entry in os.scandir(key):
+        if entry.name.startswith("date="):
+            try:
+                days.append((date.fromisoformat(entry.name[5:]), entry.path))
+            except ValueError:
+                continue
+    days.sort()
+    if time.time_ns() - mtime > _SETTLED_NS:
+        if len(_FOLDERS) > 10_000:
+            _FOLDERS.clear()
+        _FOLDERS[key] = (mtime, days)
+    else:
+        _FOLDERS.pop(key, None)  # never compared again with a list older than this change
+    return days
+
+
 def list_partitions(
     lake: Lake, table: str, symbol: str, first: date | None = None, last: date | None = None
 ) -> Listing:
-    """A directory listing of one symbol's partitions: one `scandir` and one `stat` per day, no data read; with
-    `first`/`last`, only those days are stat-ed (a window's days in a year of partitions).
+    """One symbol's partitions: its day folders (`_day_folders`) and one `stat` per partition file, no data read;
+    with `first`/`last`, only those days are stat-ed (a window's days in a year of partitions).
 
     The fingerprint changes whenever a partition is added, removed or replaced (`os.replace` gives a new inode),
     even when the replacement keeps an older mtime.
     """
-    base = lake.root / table / f"symbol={symbol}"
     found: list[tuple[date, Path, tuple[int, int, int]]] = []
-    try:
-        entries = list(os.scandir(base))
-    except (FileNotFoundError, NotADirectoryError):
-        entries = []
-    for entry in entries:
-        if not entry.name.startswith("date="):
+    for day, folder in _day_folders(lake.root / table / f"symbol={symbol}"):
+        if (first is not None and day < first) or (last is not None and day > last):
             continue
         try:
-            day = date.fromisoformat(entry.name[5:])
-            if (first is not None and day < first) or (last is not None and day > last):
-                continue
-            st = os.stat(f"{entry.path}/{PART_FILE}")
-        except (ValueError, OSError):
+            st = os.stat(f"{folder}/{PART_FILE}")
+        except OSError:
             continue
-        found.append((day, _partition_path(entry.path), (st.st_mtime_ns, st.st_size, st.st_ino)))
-    found.sort()
+        found.append((day, _partition_path(folder), (st.st_mtime_ns, st.st_size, st.st_ino)))
     return Listing(
         days=tuple(d for d, _, _ in found),
         paths=tuple(p for _, p, _ in found),
@@ -323,23 +349,13 @@ class Sources:
 
 @dataclass(frozen=True)
 class Read:
-    """What phase 2 read: the states' cells, the candles, which source the states came from, and the tile info
-    (lookback, as_of range) of the days a tile served."""
+    """What phase 2 read: the states' cells in pieces (`grid.Piece`), the candles, which source the states came
+    from, and the tile info (lookback, as_of range) of the days a tile served."""
 
-    cells: dict[str, np.ndarray]
+    pieces: list[Piece]
     candles: dict[str, np.ndarray]
     source: str
     lookback: dict[date, dict] = field(default_factory=dict)
-
-
-def merge_cells(pieces: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Cell pieces (each a run of whole states in file order) as one, ordered by their first state: the cells of
-    every column keep their order, and the first cell (which fixes the price grid's offset) is the earliest's."""
-    pieces = sorted((p for p in pieces if p["t"].size), key=lambda p: int(p["t"][0]))
-    if not pieces:
-        empty = np.zeros(0)
-        return {"t": empty.astype(np.int64), "price": empty, "long_usd": empty, "short_usd": empty}
-    return {c: np.concatenate([p[c] for p in pieces]) for c in ("t", "price", "long_usd", "short_usd")}
 
 
 def axis_files(axis: Axis, heat: Listing, klines: Listing) -> list[tuple[Path, tuple[int, int, int]]]:
@@ -351,14 +367,13 @@ def axis_files(axis: Axis, heat: Listing, klines: Listing) -> list[tuple[Path, t
     return [f for f in files if f is not None]
 
 
-def read_heat_states(path: Path, as_of_us: np.ndarray) -> dict[str, np.ndarray]:
-    """The rows of some states of one 5-minute heatmap partition, in file order: only the row groups whose as_of
-    statistics can hold them are read (a partition written in one row group is read whole), then filtered."""
-    pf = pq.ParquetFile(path)
-    md = pf.metadata
-    col = pf.schema_arrow.get_field_index("as_of")
-    lo, hi = int(as_of_us.min()), int(as_of_us.max())
-    groups = []
+def as_of_ranges(path: Path) -> np.ndarray:
+    """[row group, (min, max)] of a heatmap partition's as_of in µs, from its footer's statistics; a row group
+    without them spans everything (it is always read)."""
+    md = pq.read_metadata(path)
+    names = [md.schema.column(i).name for i in range(md.num_columns)]
+    col = names.index("as_of") if "as_of" in names else -1
+    out = np.tile(np.array([np.iinfo(np.int64).min, np.iinfo(np.int64).max]), (md.num_row_groups, 1))
     for i in range(md.num_row_groups):
         stats = md.row_group(i).column(col).statistics if col >= 0 else None
         if (
@@ -367,10 +382,20 @@ def read_heat_states(path: Path, as_of_us: np.ndarray) -> dict[str, np.ndarray]:
             and isinstance(stats.min, datetime)
             and not stats.min.tzinfo
         ):
-            if epoch_us(stats.max) < lo or epoch_us(stats.min) > hi:
-                continue
-        groups.append(i)
-    table = pf.read_row_groups(groups, columns=["as_of", "price", "long_usd", "short_usd"])
+            out[i] = epoch_us(stats.min), epoch_us(stats.max)
+    return out
+
+
+def read_heat_states(
+    path: Path, as_of_us: np.ndarray, ranges: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """The rows of some states of one 5-minute heatmap partition, in file order: only the row groups whose as_of
+    range (`as_of_ranges`, read from the footer unless given) can hold them are read, then filtered. The lake
+    writes the heatmap in hour row groups, so a state reads 1/24 of the file."""
+    ranges = as_of_ranges(path) if ranges is None else ranges
+    lo, hi = int(as_of_us.min()), int(as_of_us.max())
+    groups = np.flatnonzero((ranges[:, 1] >= lo) & (ranges[:, 0] <= hi)).tolist()
+    table = pq.ParquetFile(path).read_row_groups(groups, columns=["as_of", "price", "long_usd", "short_usd"])
     t = pc.cast(table["as_of"], pa.timestamp("us")).cast(pa.int64()).to_numpy()
     keep = np.isin(t, as_of_us)
     return {"t": t[keep], **{c: table[c].to_numpy()[keep] for c in ("price", "long_usd", "short_usd")}}
@@ -392,70 +417,6 @@ def latest_levels(con: duckdb.DuckDBPyConnection, path: Path, sides: list[str], 
         "WHERE r <= ? ORDER BY side, r",
         [str(path), sides, top],
     ).fetchall()
-
-
-# --- price grid and pivot --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PriceGrid:
-    prices: np.ndarray  # bucket centres, increasing
-    index: np.ndarray  # each cell's bucket
-    size: float  # bucket width = k registry bins
-
-
-def price_grid(price: np.ndarray, price_bin: float, k: int | None) -> PriceGrid:
-    """Index each cell on the registry grid (whatever its offset), then group k bins (automatic when None)."""
-    if len(price):
-        frac = (price[0] / price_bin) % 1.0
-        frac = 0.0 if min(frac, 1 - frac) < 1e-6 else frac
-        g = np.rint(price / price_bin - frac).astype(np.int64)
-        span = int(g.max() - g.min()) + 1
-    else:
-        frac, g, span = 0.0, np.zeros(0, np.int64), 1
-    if k is None:
-        k = auto_multiple(span)
-    coarse = np.floor_divide(g, k)
-    lo = int(coarse.min()) if len(coarse) else 0
-    n_prices = (int(coarse.max()) - lo + 1) if len(coarse) else 0
-    if n_prices > MAX_BUCKETS:
-        raise ApiError(
-            400,
-            f"price_bin_size {k * price_bin:g} would give {n_prices} price buckets (more than {MAX_BUCKETS}); "
-            f"use at least {price_bin * math.ceil(span / MAX_BUCKETS):g}",
-        )
-    prices = (np.arange(lo, lo + n_prices) * k + (k - 1) / 2 + frac) * price_bin
-    return PriceGrid(prices=prices, index=coarse - lo, size=k * price_bin)
-
-
-def pivot(column: np.ndarray, grid: PriceGrid, values: np.ndarray, n_columns: int) -> np.ndarray:
-    """[column, price bucket] sums of `values` (NaN as 0), rounded to whole USD."""
-    n = grid.prices.size
-    flat = column * n + grid.index
-    weights = np.nan_to_num(values) if np.isnan(values).any() else values
-    summed = np.bincount(flat, weights=weights, minlength=n_columns * n)
-    return np.rint(summed.reshape(n_columns, n)).astype(np.int64)
-
-
-def auto_multiple(span: int) -> int:
-    """The smallest 'nice' multiple (1, 2, 4, 5 x 10^n) of the registry bin giving <= TARGET_PRICE_BUCKETS rows."""
-    scale = 1
-    while True:
-        for m in _NICE_MULTIPLES:
-            k = m * scale
-            if math.ceil(span / k) + 1 <= TARGET_PRICE_BUCKETS:
-                return k
-        scale *= 10
-
-
-def price_decimals(size: float) -> int:
-    return max(0, min(12, 2 - math.floor(math.log10(size)))) if size > 0 else 8
-
-
-def candle_decimals(price_bin: float) -> int:
-    """Decimals of a symbol's candle prices: two more than its registry bin's (BTCUSDT bin 100: 2, the exchange's
-    tick 0.1 fits; ETHUSDT bin 5: 4, tick 0.01). Enough for every tick, none of the float noise."""
-    return min(12, price_decimals(price_bin) + 2)
 
 
 def days_in_window(start: datetime, end: datetime) -> int:
