@@ -191,8 +191,37 @@ def matches(info: dict, mtime_ns: int, size: int, digest: Callable[[], str]) -> 
     return info["digest"] == digest()
 
 
+_PER_US = {"s": 1_000_000, "ms": 1_000, "us": 1}
+
+
+def as_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A column of numbers as a numpy array of its own, timestamps as int64 µs, copied from the Arrow buffers.
+    pyarrow's `to_numpy` imports pandas on first use, about 50 MB more resident in every API process for nothing
+    it needs; a column with nulls, or of another type, still goes through it."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    kind = column.type
+    if pa.types.is_timestamp(kind):
+        dtype = np.dtype(np.int64)
+    elif pa.types.is_floating(kind) or pa.types.is_integer(kind):
+        dtype = np.dtype(
+            f"{'f' if pa.types.is_floating(kind) else 'iu'[pa.types.is_unsigned_integer(kind)]}{kind.bit_width // 8}"
+        )
+    else:
+        dtype = None
+    if dtype is None or any(c.null_count for c in chunks):
+        values = (
+            pc.cast(column, pa.timestamp("us")).cast(pa.int64()) if pa.types.is_timestamp(kind) else column
+        )
+        return np.array(values.to_numpy())
+    parts = [np.frombuffer(c.buffers()[1], dtype, len(c), c.offset * dtype.itemsize) for c in chunks]
+    out = np.concatenate(parts) if parts else np.zeros(0, dtype)
+    if pa.types.is_timestamp(kind):
+        out = out // 1_000 if kind.unit == "ns" else out * _PER_US[kind.unit]
+    return out
+
+
 def _us(column: pa.ChunkedArray) -> np.ndarray:
-    return pc.cast(column, pa.timestamp("us")).cast(pa.int64()).to_numpy()
+    return as_numpy(column)
 
 
 @dataclass(frozen=True)
@@ -253,8 +282,8 @@ def load_day_tile(path: Path | str) -> DayTile:
     """A heatmap tile as a DayTile, with its TILE_KEY record."""
     pf = pq.ParquetFile(path)
     table = pf.read(columns=list(HEAT_COLUMNS))
-    # Copies owned by numpy: a cached tile holds no Arrow buffer, so Arrow's allocator can give its pages back.
-    columns = {c: np.array(table[c].to_numpy()) for c in HEAT_COLUMNS[1:]}
+    # Copies owned by numpy: a cached tile holds no Arrow buffer.
+    columns = {c: as_numpy(table[c]) for c in HEAT_COLUMNS[1:]}
     return group_cells(_us(table["as_of"]), columns, tile_info(pf.schema_arrow.metadata))
 
 
@@ -284,7 +313,7 @@ def load_candles(path: Path | str) -> Candles:
     order = np.argsort(t, kind="stable")
     return Candles(
         t=t[order],
-        ohlc={c: table[c].to_numpy()[order] for c in CANDLE_COLUMNS},
+        ohlc={c: as_numpy(table[c])[order] for c in CANDLE_COLUMNS},
         info=tile_info(pf.schema_arrow.metadata),
     )
 

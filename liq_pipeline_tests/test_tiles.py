@@ -8,10 +8,13 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import subprocess
+import sys
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -333,3 +336,36 @@ def test_the_heatmap_is_written_in_hour_row_groups_and_a_state_reads_one(lake_di
     assert cells["t"].size == whole.num_rows > 0 and (cells["t"] == state).all()
     assert cells["price"].tolist() == whole["price"].to_pylist()
     assert cells["long_usd"].tolist() == whole["long_usd"].to_pylist()
+
+
+def test_as_numpy_equals_pyarrow_s_own_conversion():
+    stamps = [datetime(2024, 12, 24, 13, 35), datetime(2024, 12, 24, 13, 40, 0, 5)]
+    us = [epoch_us(t) for t in stamps]
+    for unit in ("s", "ms", "us", "ns"):
+        column = pa.chunked_array(
+            [pa.array(stamps[:1], pa.timestamp(unit)), pa.array(stamps[1:], pa.timestamp(unit))]
+        )
+        per = {"s": 10**6, "ms": 10**3, "us": 1, "ns": 1}[unit]  # what the unit keeps of each time
+        expected = [u // per * per for u in us]
+        assert tiles.as_numpy(column).tolist() == expected, unit
+    for kind in (pa.float64(), pa.float32(), pa.int64(), pa.int32(), pa.uint16()):
+        sliced = pa.array([1, 2, 3, 4, 250], kind).slice(1, 3)  # an offset into the buffer
+        assert (
+            tiles.as_numpy(sliced).tolist() == sliced.to_pylist()
+            and tiles.as_numpy(sliced).dtype.kind in "fiu"
+        )
+    with_null = pa.chunked_array([pa.array([1.5, None, 2.5])])
+    assert np.isnan(tiles.as_numpy(with_null)[1]) and tiles.as_numpy(with_null)[2] == 2.5
+
+
+def test_an_answer_from_tiles_and_the_5_minute_heatmap_never_imports_pandas(lake_dir):
+    """pyarrow's `to_numpy` imports pandas on first use: 50 MB more in every server process (`tiles.as_numpy`)."""
+    code = (
+        "import sys; from fastapi.testclient import TestClient; from liq_pipeline.api.app import create_app;"
+        f"c = TestClient(create_app({str(lake_dir)!r}, registry_file={str(PACKAGED_FILE)!r}));"
+        f"assert c.get({PATH!r}, params={{'symbol': 'BTCUSDT', 'time_window': '7d', 'end_time': '2024-12-26T13:35:00'}}).status_code == 200;"
+        "print('pandas' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"

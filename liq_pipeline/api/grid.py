@@ -143,6 +143,13 @@ class _Part:
         """The state of its first cell."""
         return int(self.summary.states[self.rows[0]] if self.summary is not None else self.cells["t"][0])
 
+    def bin_range(self, price_bin: float, frac: float) -> tuple[int, int]:
+        """The lowest and highest registry bin of the cells it shows."""
+        if self.summary is not None:
+            return int(self.summary.g_min[self.rows].min()), int(self.summary.g_max[self.rows].max())
+        g = fine_bins(self.cells["price"], price_bin, frac)
+        return int(g.min()), int(g.max())
+
     def frac(self, price_bin: float) -> float:
         """The grid offset of its first cell."""
         return (
@@ -218,12 +225,7 @@ class Grids:
         for p in parts:  # a keyed piece at another offset (never in practice) is binned from its cells
             if p.summary is not None and p.summary.frac != frac:
                 p.cells, p.summary = _only(p.piece.cells(), p.piece.as_of_us), None
-        ranges = [
-            (int(p.summary.g_min[p.rows].min()), int(p.summary.g_max[p.rows].max()))
-            if p.summary is not None
-            else (lambda g: (int(g.min()), int(g.max())))(fine_bins(p.cells["price"], price_bin, frac))
-            for p in parts
-        ]
+        ranges = [p.bin_range(price_bin, frac) for p in parts]
         g_min = min((r[0] for r in ranges), default=0)
         g_max = max((r[1] for r in ranges), default=0)
         span = g_max - g_min + 1

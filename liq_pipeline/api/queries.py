@@ -22,14 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from liq_pipeline.lake import OHLC_SQL, PART_FILE, Lake
 from liq_pipeline.model_io import CONFIG_KEY
 from liq_pipeline.sources.archive import SOURCE_KEY
-from liq_pipeline.tiles import lookback_of
+from liq_pipeline.tiles import as_numpy, lookback_of
 
 if TYPE_CHECKING:
     from liq_pipeline.api.grid import Piece
@@ -396,9 +394,9 @@ def read_heat_states(
     lo, hi = int(as_of_us.min()), int(as_of_us.max())
     groups = np.flatnonzero((ranges[:, 1] >= lo) & (ranges[:, 0] <= hi)).tolist()
     table = pq.ParquetFile(path).read_row_groups(groups, columns=["as_of", "price", "long_usd", "short_usd"])
-    t = pc.cast(table["as_of"], pa.timestamp("us")).cast(pa.int64()).to_numpy()
+    t = as_numpy(table["as_of"])
     keep = np.isin(t, as_of_us)
-    return {"t": t[keep], **{c: table[c].to_numpy()[keep] for c in ("price", "long_usd", "short_usd")}}
+    return {"t": t[keep], **{c: as_numpy(table[c])[keep] for c in ("price", "long_usd", "short_usd")}}
 
 
 def read_lookback(path: Path) -> dict:
