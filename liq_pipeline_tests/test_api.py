@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from liq_pipeline import model_io
 from liq_pipeline.api import queries
 from liq_pipeline.api.app import WINDOWS, create_app
+from liq_pipeline.api.cache import AnswerCache
 from liq_pipeline.api.sample_lake import model_day, write_sample_lake
 from liq_pipeline.lake import Lake
 from liq_pipeline.model import ModelConfig, ModelInputs, run_model
@@ -635,6 +636,20 @@ def test_a_day_added_or_removed_shows_though_the_listing_kept_its_folders(tmp_pa
     assert get(client, symbol="BTCUSDT", time_window="24h").json()["as_of"][-1] == "2024-12-30T00:00:00Z"
     shutil.rmtree(lake.partition_file("liquidation_heatmap", "BTCUSDT", date(2024, 12, 29)).parent)
     assert get(client, symbol="BTCUSDT", time_window="24h").json()["as_of"][-1] == LATEST
+
+
+def test_the_answer_cache_is_bounded_by_bytes_least_recently_used_first():
+    cache = AnswerCache(max_bytes=100)
+    cache.put("a", b"x" * 40)
+    cache.put("b", b"y" * 40)
+    assert cache.get("a") == b"x" * 40  # a is now the most recent
+    cache.put("c", b"z" * 40)  # 120 bytes: b, the least recent, goes
+    assert cache.get("b") is None and cache.get("a") and cache.get("c")
+    cache.put("big", b"w" * 101)  # larger than the whole cache: not kept, nothing evicted for it
+    assert cache.get("big") is None and len(cache) == 2
+    cache.put("a", b"x" * 10)  # replacing an entry counts its new size only
+    cache.put("d", b"d" * 50)
+    assert cache.get("a") and cache.get("c") and cache.get("d")
 
 
 def test_registry_is_the_whitelist(tmp_path, lake_dir, monkeypatch):

@@ -95,7 +95,9 @@ GZIP_MIN_BYTES = 1024  # smaller answers go uncompressed
 # ISA-L's gzip (python-isal) at level 1: a 7-day answer (~470 KB of JSON) takes 1.8 ms and gives ~208 KB, where
 # zlib takes 6 ms at level 1 (~214 KB); the compressed stream is ordinary gzip.
 GZIP_LEVEL = 1
-DAY_FILE_CACHE_BYTES = 96 * 2**20  # parsed tiles and klines days kept in memory (see `ByteLRU`)
+# What one server process's caches may hold, MB (`LIQ_API_CACHE_MB`): 3/4 parsed day files and kept day blocks
+# (`ByteLRU`), 1/4 whole answers (`AnswerCache`). Each `liq serve --workers` process has its own.
+CACHE_MB = 64
 # The heatmap endpoint is async and hands each request to this many threads of its own: on 2 cores with the GIL,
 # more in flight add no throughput, only GIL hand-offs, memory (every thread that allocates large arrays grows a
 # malloc arena of its own) and latency spread. Sync endpoints would run on anyio's 40 threads instead.
@@ -232,21 +234,21 @@ class LakeApi:
         data_dir: Path | str | None = None,
         registry_file: Path | str | None = None,
         cache: bool = True,
-        cache_size: int = 64,
         tiles: bool = True,
-        day_cache_bytes: int = DAY_FILE_CACHE_BYTES,
+        cache_mb: float | None = None,
     ):
         self.lake = Lake.at(data_dir)
         self.use_tiles = tiles  # False: every answer from the 5-minute heatmap (tests compare the two)
-        self.day_files = ByteLRU(day_cache_bytes)
+        budget = int((cache_mb or float(os.environ.get("LIQ_API_CACHE_MB") or CACHE_MB)) * 2**20)
+        self.day_files = ByteLRU(budget * 3 // 4)
         # A tile day's [state, bucket] sums (`grid.Grids`) are kept beside the parsed files.
         self.grids = Grids(self.day_files)
         self._registry_file = Path(registry_file) if registry_file else None
         self._registry_state: tuple[tuple, Registry] | None = None
         self.registry_error: str | None = None
-        self._db = duckdb.connect()
+        self._db: duckdb.DuckDBPyConnection | None = None  # opened on first use (~20 MB): tiles need none
         self._lock = threading.Lock()
-        self.cache = AnswerCache(cache_size, enabled=cache)
+        self.cache = AnswerCache(budget // 4, enabled=cache)
         self.footers = FooterCache()
         self.stats = self.cache.stats
         self.stats.update(heatmap_queries=0, tile_states=0, heatmap_5m_states=0, files_read=0, bytes_read=0)
@@ -298,6 +300,8 @@ class LakeApi:
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         """A connection of its own for one request (DuckDB connections are not shared between threads)."""
         with self._lock:
+            if self._db is None:
+                self._db = duckdb.connect()
             return self._db.cursor()
 
     def _latest_as_of(self, listing: Listing) -> datetime | None:
@@ -728,7 +732,6 @@ def create_app(
     *,
     registry_file: Path | str | None = None,
     cache: bool = True,
-    cache_size: int = 64,
     tiles: bool = True,
 ) -> FastAPI:
     """The read-only API over the lake at `data_dir` (default `$LIQ_DATA_DIR`).
@@ -740,7 +743,7 @@ def create_app(
     # Arrow's default allocator (mimalloc) kept ~75 MB more resident than the system's after a few hundred varied
     # answers on a 30-day lake (each reads Parquet pages it frees at once); the server is its own process.
     pa.set_memory_pool(pa.system_memory_pool())
-    api = LakeApi(data_dir, registry_file=registry_file, cache=cache, cache_size=cache_size, tiles=tiles)
+    api = LakeApi(data_dir, registry_file=registry_file, cache=cache, tiles=tiles)
     answers = ThreadPoolExecutor(ANSWER_THREADS, thread_name_prefix="liq-answer")
     app = FastAPI(
         title="liq_pipeline API",

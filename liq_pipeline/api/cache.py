@@ -12,13 +12,14 @@ from typing import Any
 
 
 class AnswerCache:
-    """A thread-safe LRU of answer bodies. The key must include a fingerprint of every file the answer read, so a
-    new or re-materialized partition is a new key and never hidden."""
+    """A thread-safe LRU of answer bodies, bounded by their bytes. The key must include a fingerprint of every file
+    the answer read, so a new or re-materialized partition is a new key and never hidden."""
 
-    def __init__(self, size: int = 64, enabled: bool = True):
-        self.size = size
+    def __init__(self, max_bytes: int = 16 * 2**20, enabled: bool = True):
+        self.max_bytes = max_bytes
         self.enabled = enabled
         self._items: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
         self.stats = {"cache_hits": 0, "cache_misses": 0}
 
@@ -37,10 +38,14 @@ class AnswerCache:
     def put(self, key: Hashable, body: bytes) -> None:
         if not self.enabled:
             return
+        if len(body) > self.max_bytes:
+            return
         with self._lock:
+            old = self._items.pop(key, None)
+            self._bytes += len(body) - (len(old) if old is not None else 0)
             self._items[key] = body
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
+            while self._bytes > self.max_bytes:
+                self._bytes -= len(self._items.popitem(last=False)[1])
 
     def __len__(self) -> int:
         return len(self._items)
