@@ -74,22 +74,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """uvicorn over the app factory `create_app()`, which reads `$LIQ_DATA_DIR`: several worker processes need an
-    import string, not an app object, and the spawned workers inherit this environment. Nothing of the app is
-    imported here, so with --workers the supervisor process stays small."""
-    import uvicorn
+    """uvicorn over the app factory `create_app()`, which reads `$LIQ_DATA_DIR` (`api.server.serve`: several
+    workers are processes of their own, spawned with this environment)."""
+    from liq_pipeline.api.server import serve
 
     if args.data_dir is not None:
         os.environ["LIQ_DATA_DIR"] = str(args.data_dir.resolve())
-    uvicorn.run(
-        "liq_pipeline.api.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=args.log_level,
-    )
-    return 0
+    return serve(args.host, args.port, args.workers, args.log_level)
 
 
 def cmd_validate_report(args: argparse.Namespace) -> int:
@@ -210,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--data-dir", dest="data_dir", type=Path, default=None, help="default: $LIQ_DATA_DIR")
     serve.add_argument(
-        "--workers", type=int, default=1, help="uvicorn worker processes (2 on a 2-core box uses both cores)"
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes on the one port, the kernel spreading connections over them (2 on a 2-core box)",
     )
     serve.add_argument(
         "--log-level", dest="log_level", default="info", help="uvicorn's; warning drops the per-request lines"

@@ -4,13 +4,17 @@ requests really ask different times (else the answer cache would serve them and 
 
 from __future__ import annotations
 
+import os
+import signal
 from datetime import date, datetime
+from pathlib import Path
 
+import httpx
 import pytest
 
 from liq_pipeline.api import bench
 from liq_pipeline.api.sample_lake import write_sample_lake
-from liq_pipeline.api.server import ServerProcess
+from liq_pipeline.api.server import ServerProcess, descendants
 from liq_pipeline.symbols import PACKAGED_FILE, load_registry
 
 DAYS = (date(2024, 12, 26), date(2024, 12, 27), date(2024, 12, 28))
@@ -55,8 +59,8 @@ def test_concurrent_run_asks_a_different_time_each_request_and_reports_sane_figu
     assert {a["symbol"] for a in run["asked"]} == set(bench.SYMBOLS)
     assert run["rps"] > 0 and 0 < run["p50_ms"] <= run["p95_ms"] <= run["p99_ms"]
     assert run["mean_bytes"] > 1000
-    # the supervisor, two workers (and multiprocessing's helper): memory is summed over all of them
-    assert len(peaks) >= 3 and all(mb > 5 for mb in peaks.values())
+    # the supervisor and two workers: memory is summed over all of them
+    assert len(peaks) == 3 and all(mb > 5 for mb in peaks.values())
     run.update(window="7d", workers=2, memory_mb=sum(peaks.values()))
     bench._print_concurrent_row(run)
     out = capsys.readouterr().out
@@ -71,3 +75,45 @@ def test_single_run_asks_other_times_uncached_and_reports_sane_figures(served):
     assert 0 < run["uncached_p50_ms"] <= run["uncached_p95_ms"] <= run["uncached_p99_ms"]
     assert run["cold_ms"] > 0 and run["cached_p50_ms"] > 0 and run["uncached_mean_bytes"] > 100
     assert 0 < run["columns"] <= len(DAYS) + 1 and run["cells"] > run["columns"]  # 1-day step over 3 days
+
+
+# --- liq serve --workers: processes of their own on one port ---------------------------------------------------
+
+
+def cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def workers_of(server: ServerProcess) -> list[int]:
+    return [pid for pid in descendants(server.proc.pid) if pid != server.proc.pid]
+
+
+def test_two_workers_listen_on_one_port_and_both_answer(served):
+    """Each worker binds its own SO_REUSEPORT socket: the kernel spreads new connections over both."""
+    url, server = served
+    workers = workers_of(server)
+    assert len(workers) == 2
+    before = {pid: cpu_ticks(pid) for pid in workers}
+    ends = bench.end_times(FIRST, END, "7d")[:40]
+    for end in ends:  # a new connection each
+        params = {"symbol": "BTCUSDT", "time_window": "7d", "end_time": end.isoformat() + "Z"}
+        assert httpx.get(url + bench.PATH, params=params, timeout=30).status_code == 200
+    assert all(cpu_ticks(pid) > before[pid] for pid in workers), before
+
+
+def test_sigterm_stops_every_worker_and_a_dead_worker_stops_the_server(served):
+    _, running = served
+    server = ServerProcess(running.data_dir, workers=2, env={"LIQ_SYMBOLS_FILE": str(PACKAGED_FILE)})
+    server.start()
+    workers = workers_of(server)
+    os.kill(workers[0], signal.SIGKILL)
+    assert server.proc.wait(timeout=10) == 1  # the supervisor stopped the other and says so
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+
+    server = ServerProcess(running.data_dir, workers=2, env={"LIQ_SYMBOLS_FILE": str(PACKAGED_FILE)})
+    server.start()
+    workers = workers_of(server)
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=15) == 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)

@@ -1,6 +1,3 @@
-"""The read-only HTTP API and the Coinglass-style heatmap page over the lake (`liq serve`)."""
+"""The read-only HTTP API and the Coinglass-style heatmap page over the lake (`liq serve`): `app.create_app`.
 
-from liq_pipeline.api.app import create_app
-from liq_pipeline.api.server import BackgroundServer
-
-__all__ = ["BackgroundServer", "create_app"]
+Nothing is imported here, so `liq serve`'s supervisor (`server.serve`) stays small."""
