@@ -1,16 +1,16 @@
 """The read-only HTTP API and the heatmap page.
 
-Every answer is read from the lake's Parquet partitions with an in-memory DuckDB, for the one symbol and the days a
-request needs (`queries`); nothing here writes or takes the warehouse file's lock. The symbol whitelist is the
+Every answer is read from the lake's Parquet partitions (pyarrow, or an in-memory DuckDB for windows under 7 days),
+for the one symbol and the days a request needs (`queries`); nothing here writes or takes the warehouse file's lock. The symbol whitelist is the
 registry (`liq_pipeline.symbols`), read at request time, so a symbol removed from the registry file is gone from the
 API without a code change. Heatmap answers are cached (`cache.AnswerCache`) under a key that includes a fingerprint
 of the symbol's heatmap and klines partitions, so a new or re-materialized partition is never hidden by the cache.
 
 Windows of 7 days and more (steps of 1 h to 1 day) read their states from the heatmap tiles (`liq_pipeline.tiles`:
 the whole-hour and 12-hour states and hourly candles, per day), parsed once per file version into a byte-bounded
-LRU (`cache.ByteLRU`); a state off the tile's grid (the data's end, an end_time off the hour) and a day whose tile is
+LRU (`cache.ByteLRU`) beside each day's [state, price bucket] sums (`grid.Grids`); a state off the tile's grid (the data's end, an end_time off the hour) and a day whose tile is
 missing or older than its heatmap come from the 5-minute heatmap, so the numbers are always the 5-minute path's.
-Answers are serialized with orjson and gzip-compressed for clients that accept it (both forms cached).
+Answers are serialized with orjson and gzip-compressed (ISA-L) for clients that accept it (both forms cached).
 """
 
 from __future__ import annotations
@@ -489,8 +489,9 @@ class LakeApi:
 
     def _read_tiles(self, axis: Axis, src: Sources) -> Read:
         """Each day's states on the tile's grid from its tile (if it matches the day's heatmap file); the others
-        (the data's end, an end_time off the grid, a day without a fresh tile) from the 5-minute heatmap. Pieces
-        are ordered by time, so the cells of each column come in the 5-minute path's order."""
+        (the data's end, an end_time off the grid, a day without a fresh tile) from the 5-minute heatmap: one
+        `grid.Piece` per day's tile (keyed by the tile file's version, so its sums are kept) and per day's other
+        states."""
         grid_us = TILE_STEP_US[src.tile]
         day_of = (axis.as_of_us - 1) // DAY_US
         pieces, lookback, counts = [], {}, [0, 0]

@@ -52,32 +52,35 @@ def serve(host: str, port: int, workers: int = 1, log_level: str = "info") -> in
     clients on 2 workers: p95 2-3 s, fewer requests/s than one worker). SIGTERM or Ctrl-C stops them all (uvicorn's
     graceful shutdown in each); a worker that dies stops the others and the exit status is 1, so a service manager
     restarts the server. This process imports nothing of the app and stays small."""
-    _listen(host, port).close()  # the port is free and allowed: fail here, not in every worker
+    with _listen(host, port) as probe:  # the port is free and allowed: fail here, not in every worker
+        port = probe.getsockname()[1]  # port 0: the one the kernel chose, for every worker
     env = {**MALLOC_ENV, **os.environ}  # the caller's own settings win
     env.setdefault("LIQ_API_CACHE_MB", str(CACHE_MB_TOTAL / max(1, workers)))
     if workers > 1:
         env.setdefault("LIQ_API_THREADS", "1")
     args = [sys.executable, "-m", "liq_pipeline.api.server", host, str(port), log_level]
     procs = [subprocess.Popen(args, env=env) for _ in range(max(1, workers))]
-    stopping = False
+    signalled = False
 
     def stop(*_) -> None:
-        nonlocal stopping
-        stopping = True
+        nonlocal signalled
+        signalled = True
         for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        while all(proc.poll() is None for proc in procs):
+        while not signalled and all(proc.poll() is None for proc in procs):
             time.sleep(0.2)
-        stop()
+        for proc in procs:  # a worker ended on its own: stop the others
+            if proc.poll() is None:
+                proc.terminate()
         codes = [proc.wait() for proc in procs]
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return 0 if stopping and all(code in (0, -signal.SIGTERM) for code in codes) else 1
+    return 0 if signalled and all(code in (0, -signal.SIGTERM) for code in codes) else 1
 
 
 class BackgroundServer:
