@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from liq_pipeline.lake import OHLC_SQL, Lake
+from liq_pipeline.lake import OHLC_SQL, Lake, as_numpy
 from liq_pipeline.model_io import CONFIG_KEY, HEATMAP
 from liq_pipeline.staleness import INPUTS_KEY
 
@@ -100,7 +100,7 @@ def lookback_of(metadata: dict[bytes, bytes] | None) -> dict:
 
 
 def _on_grid(table: pa.Table, column: str, step_us: int) -> pa.Table:
-    return table.filter(pa.array(_us(table[column]) % step_us == 0))
+    return table.filter(pa.array(as_numpy(table[column]) % step_us == 0))
 
 
 def _iso(value) -> str | None:
@@ -191,39 +191,6 @@ def matches(info: dict, mtime_ns: int, size: int, digest: Callable[[], str]) -> 
     return info["digest"] == digest()
 
 
-_PER_US = {"s": 1_000_000, "ms": 1_000, "us": 1}
-
-
-def as_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A column of numbers as a numpy array of its own, timestamps as int64 µs, copied from the Arrow buffers.
-    pyarrow's `to_numpy` imports pandas on first use, about 50 MB more resident in every API process for nothing
-    it needs; a column with nulls, or of another type, still goes through it."""
-    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
-    kind = column.type
-    if pa.types.is_timestamp(kind):
-        dtype = np.dtype(np.int64)
-    elif pa.types.is_floating(kind) or pa.types.is_integer(kind):
-        dtype = np.dtype(
-            f"{'f' if pa.types.is_floating(kind) else 'iu'[pa.types.is_unsigned_integer(kind)]}{kind.bit_width // 8}"
-        )
-    else:
-        dtype = None
-    if dtype is None or any(c.null_count for c in chunks):
-        values = (
-            pc.cast(column, pa.timestamp("us")).cast(pa.int64()) if pa.types.is_timestamp(kind) else column
-        )
-        return np.array(values.to_numpy())
-    parts = [np.frombuffer(c.buffers()[1], dtype, len(c), c.offset * dtype.itemsize) for c in chunks]
-    out = np.concatenate(parts) if parts else np.zeros(0, dtype)
-    if pa.types.is_timestamp(kind):
-        out = out // 1_000 if kind.unit == "ns" else out * _PER_US[kind.unit]
-    return out
-
-
-def _us(column: pa.ChunkedArray) -> np.ndarray:
-    return as_numpy(column)
-
-
 @dataclass(frozen=True)
 class DayTile:
     """One heatmap tile (or a day of 5-minute heatmap) in memory: its cells grouped by state, in file order."""
@@ -284,7 +251,7 @@ def load_day_tile(path: Path | str) -> DayTile:
     table = pf.read(columns=list(HEAT_COLUMNS))
     # Copies owned by numpy: a cached tile holds no Arrow buffer.
     columns = {c: as_numpy(table[c]) for c in HEAT_COLUMNS[1:]}
-    return group_cells(_us(table["as_of"]), columns, tile_info(pf.schema_arrow.metadata))
+    return group_cells(as_numpy(table["as_of"]), columns, tile_info(pf.schema_arrow.metadata))
 
 
 @dataclass(frozen=True)
@@ -309,7 +276,7 @@ def load_candles(path: Path | str) -> Candles:
     """A CANDLES_1H tile or a klines partition: open_time and OHLC, sorted by open_time (stable)."""
     pf = pq.ParquetFile(path)
     table = pf.read(columns=["open_time", *CANDLE_COLUMNS])
-    t = _us(table["open_time"])
+    t = as_numpy(table["open_time"])
     order = np.argsort(t, kind="stable")
     return Candles(
         t=t[order],

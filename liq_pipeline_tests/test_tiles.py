@@ -32,7 +32,7 @@ from liq_pipeline.assets.model import MODEL_ASSETS
 from liq_pipeline.assets.raw import RAW_ASSETS
 from liq_pipeline.assets.tiles import TILE_ASSETS
 from liq_pipeline.automation import RECOMPUTE_WHEN_INPUTS_UPDATE
-from liq_pipeline.lake import Lake
+from liq_pipeline.lake import Lake, as_numpy
 from liq_pipeline.model import ModelConfig
 from liq_pipeline.partitions import partition_key
 from liq_pipeline.resources import ArchiveSource, LakeIOManager, LakeResource
@@ -347,19 +347,16 @@ def test_as_numpy_equals_pyarrow_s_own_conversion():
         )
         per = {"s": 10**6, "ms": 10**3, "us": 1, "ns": 1}[unit]  # what the unit keeps of each time
         expected = [u // per * per for u in us]
-        assert tiles.as_numpy(column).tolist() == expected, unit
+        assert as_numpy(column).tolist() == expected, unit
     for kind in (pa.float64(), pa.float32(), pa.int64(), pa.int32(), pa.uint16()):
         sliced = pa.array([1, 2, 3, 4, 250], kind).slice(1, 3)  # an offset into the buffer
-        assert (
-            tiles.as_numpy(sliced).tolist() == sliced.to_pylist()
-            and tiles.as_numpy(sliced).dtype.kind in "fiu"
-        )
+        assert as_numpy(sliced).tolist() == sliced.to_pylist() and as_numpy(sliced).dtype.kind in "fiu"
     with_null = pa.chunked_array([pa.array([1.5, None, 2.5])])
-    assert np.isnan(tiles.as_numpy(with_null)[1]) and tiles.as_numpy(with_null)[2] == 2.5
+    assert np.isnan(as_numpy(with_null)[1]) and as_numpy(with_null)[2] == 2.5
 
 
 def test_an_answer_from_tiles_and_the_5_minute_heatmap_never_imports_pandas(lake_dir):
-    """pyarrow's `to_numpy` imports pandas on first use: 50 MB more in every server process (`tiles.as_numpy`)."""
+    """pyarrow's `to_numpy` imports pandas on first use: 50 MB more in every server process (`lake.as_numpy`)."""
     code = (
         "import sys; from fastapi.testclient import TestClient; from liq_pipeline.api.app import create_app;"
         f"c = TestClient(create_app({str(lake_dir)!r}, registry_file={str(PACKAGED_FILE)!r}));"

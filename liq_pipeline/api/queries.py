@@ -24,10 +24,10 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 
-from liq_pipeline.lake import OHLC_SQL, PART_FILE, Lake
+from liq_pipeline.lake import OHLC_SQL, PART_FILE, Lake, as_numpy
 from liq_pipeline.model_io import CONFIG_KEY
 from liq_pipeline.sources.archive import SOURCE_KEY
-from liq_pipeline.tiles import as_numpy, lookback_of
+from liq_pipeline.tiles import lookback_of
 
 if TYPE_CHECKING:
     from liq_pipeline.api.grid import Piece
