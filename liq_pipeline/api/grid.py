@@ -25,7 +25,6 @@ from liq_pipeline.api.queries import ApiError
 TARGET_PRICE_BUCKETS = 400  # default re-binning aims at no more than this many price rows
 MAX_BUCKETS = 5000  # hard limit on price buckets in one answer
 _NICE_MULTIPLES = (1, 2, 4, 5)  # automatic re-binning uses k * 10^n of the registry bin, k in these
-CELL_COLUMNS = ("t", "price", "long_usd", "short_usd")
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,7 @@ class Piece:
     and what is worked out from the source is kept under the key for the next answer."""
 
     as_of_us: np.ndarray  # the states (columns) it answers for, increasing; a state without cells is zeros
-    cells: Callable[[], dict[str, np.ndarray]]  # CELL_COLUMNS, grouped by state in file order
+    cells: Callable[[], dict[str, np.ndarray]]  # t (as_of µs), price, long_usd, short_usd, by state
     key: tuple | None = None  # the source's version, None: nothing is kept
 
 

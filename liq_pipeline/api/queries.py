@@ -100,12 +100,10 @@ class Listing:
 
 
 _PATHS: dict[str, Path] = {}  # partition file paths by string: a listing per request builds no Path twice
-_FOLDERS: dict[
-    str, tuple[int, list[tuple[date, str]]]
-] = {}  # symbol folder -> (its mtime, its date= folders)
-_SETTLED_NS = (
-    2_000_000_000  # a folder whose mtime is older than this is trusted not to change within that tick
-)
+# symbol folder -> (its mtime, its date= folders), see `_day_folders`
+_FOLDERS: dict[str, tuple[int, list[tuple[date, str]]]] = {}
+# A folder whose mtime is older than this (ns) is trusted not to change within that clock tick.
+_SETTLED_NS = 2_000_000_000
 
 
 def _partition_path(folder: str) -> Path:
