@@ -303,10 +303,102 @@ def _liq_backfill_seconds(symbols: list[str], days: list[date], root: Path, env:
     return time.perf_counter() - started
 
 
-def bench_backfill(args: argparse.Namespace) -> int:
-    """N sample days x 2 symbols: in process, then as `dagster job backfill` runs picked up by a daemon."""
-    import os
+def deploy_folder(root: Path) -> Path:
+    """A DAGSTER_HOME for the distributed deployment, set up as the README says: deploy/dagster.yaml (PostgreSQL
+    storage, from the DAGSTER_PG_* variables of the environment) with the repository's workspace.yaml beside it."""
+    import shutil
+
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "deploy" / "dagster.yaml", root / "dagster.yaml")
+    shutil.copy(REPO / "workspace.yaml", root / "workspace.yaml")
+    return root
+
+
+def start_celery_worker(folder: Path, env: dict[str, str], name: str, log: Path):
+    """`dagster-celery worker start` as the README runs it on a worker machine, in its own process group. The solo
+    pool runs one step at a time in the worker's own process, which imports the project once. Returns when the
+    worker says it is ready."""
     import subprocess
+
+    command = [dagster_bin("dagster-celery"), "worker", "start", "-A", "dagster_celery.app"]
+    command += ["-y", str(REPO / "deploy" / "celery.yaml"), "-n", name, "--", "--pool", "solo"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            command, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    deadline = time.monotonic() + 120
+    while b" ready." not in log.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_daemon(proc)
+            raise RuntimeError(f"Celery worker {name} did not start; its log: {log.read_text()[-2000:]}")
+        time.sleep(0.3)
+    return proc
+
+
+def daemon_backfill(
+    folder: Path, env: dict[str, str], keys: list[tuple[str, date]], log: Path
+) -> tuple[list, float, float]:
+    """Start a daemon in `folder`, launch `dagster job backfill` of daily_job over `keys` (symbol, day), wait for its
+    runs. Returns the run records, the seconds the command took to queue them and the seconds to the last run's end."""
+    import subprocess
+
+    daemon = start_daemon(folder, env, log)
+    try:
+        launch = [dagster_bin("dagster"), "job", "backfill", "-w", "workspace.yaml", "-j", "daily_job"]
+        started = time.perf_counter()
+        subprocess.run(
+            [*launch, "--partitions", ",".join(f"{d}|{s}" for s, d in keys), "--noprompt"],
+            cwd=folder,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        launched = time.perf_counter() - started
+        records = wait_for_backfill_runs(folder, len(keys), timeout=60 * len(keys) + 120)
+        return records, launched, time.perf_counter() - started
+    finally:
+        stop_daemon(daemon)
+
+
+def celery_workers_of(folder: Path, run_ids: list[str]) -> dict[str, set[str]]:
+    """Step key -> the Celery workers that ran it, over these runs: from the engine event each worker writes to the
+    instance ("Executing steps ... in celery worker", with the worker's name in its metadata)."""
+    from dagster import DagsterEventType
+
+    out: dict[str, set[str]] = {}
+    with _instance_at(folder) as instance:
+        for run_id in run_ids:
+            for entry in instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT):
+                event = entry.dagster_event
+                worker = event.engine_event_data.metadata.get("Celery worker") if event else None
+                if worker is not None:
+                    out.setdefault(event.step_key, set()).add(worker.value)
+    return out
+
+
+def run_errors(folder: Path, records: list) -> list[str]:
+    """The error of each failed step of these runs ("partition step: message"), from the instance's event log."""
+    from dagster import DagsterEventType
+
+    out = []
+    with _instance_at(folder) as instance:
+        for record in records:
+            if record.dagster_run.is_success:
+                continue
+            partition = record.dagster_run.tags.get("dagster/partition")
+            for entry in instance.all_logs(record.dagster_run.run_id):
+                event = entry.dagster_event
+                if event and event.event_type in (DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE):
+                    error = getattr(event.event_specific_data, "error", None)
+                    out.append(f"{partition} {event.step_key}: {error.to_string() if error else event.message}")
+    return out
+
+
+def bench_backfill(args: argparse.Namespace) -> int:
+    """N sample days x 2 symbols: in process, then as `dagster job backfill` runs picked up by a daemon; with
+    `--celery`, also the distributed deployment on this machine (liq_pipeline.stack: PostgreSQL, Redis, an S3 server,
+    two Celery workers), the lake on S3."""
+    import os
 
     days, symbols = list(sample.SAMPLE_DAYS[: args.days]), list(sample.SAMPLE_SYMBOLS)
     keys = [(s, d) for d in days for s in symbols]  # days in order, as a backfill should take them
@@ -318,25 +410,10 @@ def bench_backfill(args: argparse.Namespace) -> int:
         warm = _in_process_seconds(keys, root / "data-in-process")
         cli = _liq_backfill_seconds(symbols, days, root / "liq-backfill", env)
         folder = project_folder(root / "project")
-        env |= {"DAGSTER_HOME": str(folder), "LIQ_DATA_DIR": str(root / "data-daemon")}
-        daemon = start_daemon(folder, env, root / "daemon.log")
-        try:
-            launch = [dagster_bin("dagster"), "job", "backfill", "-w", "workspace.yaml", "-j", "daily_job"]
-            partitions = ",".join(f"{d}|{s}" for s, d in keys)
-            started = time.perf_counter()
-            subprocess.run(
-                [*launch, "--partitions", partitions, "--noprompt"],
-                cwd=folder,
-                env=env,
-                check=True,
-                capture_output=True,
-            )
-            launched = time.perf_counter() - started
-            records = wait_for_backfill_runs(folder, n, timeout=60 * n + 120)
-            total = time.perf_counter() - started
-        finally:
-            stop_daemon(daemon)
-    queued = max(r.end_time for r in records) - min(r.create_timestamp.timestamp() for r in records)
+        daemon_env = env | {"DAGSTER_HOME": str(folder), "LIQ_DATA_DIR": str(root / "data-daemon")}
+        records, launched, total = daemon_backfill(folder, daemon_env, keys, root / "daemon.log")
+        celery = _celery_backfill(root / "celery", env, keys) if args.celery else None
+    queued = _queued_to_done(records)
     busy = sum(r.end_time - (r.start_time or r.end_time) for r in records) / n
     print(
         f"{len(days)} days x {len(symbols)} symbols = {n} partitions of daily_job, sample source; seconds per partition:"
@@ -349,6 +426,9 @@ def bench_backfill(args: argparse.Namespace) -> int:
     print(
         f"  daemon, first queued to last done:       {queued / n:6.1f}  (a run: {busy:.1f} s from its start event)"
     )
+    if celery is not None:
+        print(f"  2 Celery workers, lake on S3, queued to done: {_queued_to_done(celery) / n:6.1f}")
+        records = records + celery
     print(
         f"ratio daemon / `liq backfill`: {queued / cli:.2f} queued to done, {total / cli:.2f} with the command"
     )
@@ -356,3 +436,24 @@ def bench_backfill(args: argparse.Namespace) -> int:
     if failed:
         print(f"FAILED runs: {failed}")
     return 1 if failed else 0
+
+
+def _queued_to_done(records: list) -> float:
+    return max(r.end_time for r in records) - min(r.create_timestamp.timestamp() for r in records)
+
+
+def _celery_backfill(root: Path, env: dict[str, str], keys: list[tuple[str, date]]) -> list:
+    """The same backfill on the distributed deployment started on this machine; the run records."""
+    from liq_pipeline import stack
+
+    root.mkdir(parents=True)
+    with stack.start(root / "stack") as services:
+        folder = deploy_folder(root / "home")
+        env = env | services.env | {"DAGSTER_HOME": str(folder), "LIQ_EXECUTOR": "celery"}
+        workers = [start_celery_worker(folder, env, f"w{i}", root / f"worker{i}.log") for i in (1, 2)]
+        try:
+            records, _, _ = daemon_backfill(folder, env, keys, root / "daemon.log")
+        finally:
+            for worker in workers:
+                stop_daemon(worker)
+    return records

@@ -77,9 +77,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """uvicorn over the app factory `create_app()`, which reads `$LIQ_DATA_DIR` (`api.server.serve`: several
     workers are processes of their own, spawned with this environment)."""
     from liq_pipeline.api.server import serve
+    from liq_pipeline.lake import location
 
     if args.data_dir is not None:
-        os.environ["LIQ_DATA_DIR"] = str(args.data_dir.resolve())
+        os.environ["LIQ_DATA_DIR"] = str(location(args.data_dir))  # a folder made absolute, or s3://…
     return serve(args.host, args.port, args.workers, args.log_level)
 
 
@@ -199,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="the read-only heatmap API and page (FastAPI + uvicorn)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--data-dir", dest="data_dir", type=Path, default=None, help="default: $LIQ_DATA_DIR")
+    serve.add_argument(
+        "--data-dir", dest="data_dir", default=None, help="a folder or s3://bucket/prefix; default: $LIQ_DATA_DIR"
+    )
     serve.add_argument(
         "--workers",
         type=int,
@@ -283,6 +286,11 @@ def main(argv: list[str] | None = None) -> int:
         "--trades", type=int, default=2_500_000, help="aggTrades per generated day (ingest, model, live)"
     )
     bench.add_argument("--repeat", type=int, default=3)
+    bench.add_argument(
+        "--celery",
+        action="store_true",
+        help="backfill: also on the distributed deployment started on this machine (2 Celery workers, S3 lake)",
+    )
     bench.add_argument("--requests", type=int, default=50, help="single requests per window and symbol (api)")
     bench.add_argument("--clients", type=int, default=50, help="concurrent clients (api)")
     bench.add_argument(

@@ -1,6 +1,8 @@
 """The Dagster code location: assets, checks, jobs, schedules, sensors and resources."""
 
-from dagster import Definitions, in_process_executor
+import os
+
+from dagster import Definitions, ExecutorDefinition, in_process_executor
 
 from liq_pipeline.assets.model import MODEL_ASSETS
 from liq_pipeline.assets.raw import RAW_ASSETS
@@ -18,8 +20,25 @@ from liq_pipeline.sensors import (
     stale_model_sensor,
 )
 
+
+def chosen_executor() -> ExecutorDefinition:
+    """`LIQ_EXECUTOR`: `in_process` (default; small steps, and a subprocess per step cost more than the step, see
+    jobs.py), or `celery` for the distributed deployment (deploy/): each step goes to a Celery worker through the
+    broker `LIQ_CELERY_BROKER`, its result back through `LIQ_CELERY_BACKEND`. The same definitions either way."""
+    choice = os.environ.get("LIQ_EXECUTOR") or "in_process"
+    if choice == "in_process":
+        return in_process_executor
+    if choice == "celery":
+        from dagster_celery import celery_executor
+
+        return celery_executor.configured(
+            {"broker": {"env": "LIQ_CELERY_BROKER"}, "backend": {"env": "LIQ_CELERY_BACKEND"}}, name="celery"
+        )
+    raise ValueError(f"LIQ_EXECUTOR={choice!r} is not an executor of liq_pipeline: use in_process or celery")
+
+
 defs = Definitions(
-    executor=in_process_executor,  # small steps: a subprocess per step cost more than the step (see jobs.py)
+    executor=chosen_executor(),
     assets=[
         *RAW_ASSETS,
         *MODEL_ASSETS,

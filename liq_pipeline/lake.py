@@ -1,6 +1,11 @@
 """The data lake: one Parquet file per table partition, written atomically, and the DuckDB warehouse views.
 
-Layout: `$LIQ_DATA_DIR/lake/<table>/symbol=<S>/date=<YYYY-MM-DD>/part-0.parquet`.
+Layout: `$LIQ_DATA_DIR/lake/<table>/symbol=<S>/date=<YYYY-MM-DD>/part-0.parquet`. `$LIQ_DATA_DIR` is a folder, or
+`s3://bucket/prefix` for S3-compatible object storage (endpoint and keys from the usual AWS_* variables): the lake's
+paths are then `upath` paths that exist, stat and glob like local ones, pyarrow reads their `uri()` natively, and
+DuckDB reads them through the filesystem `Lake.connect` registers. Each partition is one object, written whole by one
+PUT, so a reader sees the old object or the new one and a failed run leaves the old one. What belongs to one machine
+(the warehouse file, downloads, screenshots) stays in a local folder (`local_dir`).
 
 A partition is one file replaced with `os.replace`, which is atomic on POSIX: a reader or a crash sees the old file
 or the new one, never half of either; re-materializing replaces instead of appending, so there are no duplicates;
@@ -20,11 +25,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
+from typing import TypeAlias
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from upath import UPath
 
 PART_FILE = "part-0.parquet"
 TMP_GLOB = f".{PART_FILE}.*.tmp"  # what `Lake.write` writes before renaming it over the partition
@@ -72,15 +79,49 @@ _VIEW_TABLE = {
 }
 
 
-def data_dir() -> Path:
+# A local path, or an object in S3-compatible storage (`upath`'s S3Path, which is not a pathlib.Path).
+LakePath: TypeAlias = Path | UPath
+
+
+def location(spec: str | os.PathLike | UPath) -> LakePath:
+    """A folder as `$LIQ_DATA_DIR` names it: `s3://bucket/prefix` or a local path (made absolute)."""
+    if isinstance(spec, UPath) and not isinstance(spec, Path):
+        return spec
+    text = os.fspath(spec)
+    if "://" in text:
+        # No listing cache: another process's new partition must show up on the next look.
+        return UPath(text.rstrip("/"), use_listings_cache=False)
+    return Path(text).resolve()
+
+
+def is_remote(path: LakePath) -> bool:
+    return not isinstance(path, Path)
+
+
+def uri(path: LakePath) -> str:
+    """A lake path as pyarrow and DuckDB take it: a local path, or an `s3://` URI."""
+    return str(path)
+
+
+def data_dir() -> LakePath:
     """`$LIQ_DATA_DIR`, default `./data`: the one place every path of the project starts from."""
-    return Path(os.environ.get("LIQ_DATA_DIR") or "data").resolve()
+    return location(os.environ.get("LIQ_DATA_DIR") or "data")
 
 
-def column_max(path: Path, column: str) -> datetime | None:
+def local_dir(shared: LakePath | None = None) -> Path:
+    """The folder for what belongs to one machine: the warehouse file, the archive's downloads, the screenshot inbox,
+    previews and the validation ledger. The data folder (`shared`, default `$LIQ_DATA_DIR`) when that is local, else
+    `$LIQ_LOCAL_DIR` (default ./data)."""
+    shared = data_dir() if shared is None else shared
+    if not is_remote(shared):
+        return shared
+    return Path(os.environ.get("LIQ_LOCAL_DIR") or "data").resolve()
+
+
+def column_max(path: LakePath, column: str) -> datetime | None:
     """The largest value of a column of one Parquet file, from its row-group statistics (no data read; the data
     when a row group lacks them). Timestamps come back naive UTC, like the lake's."""
-    md = pq.ParquetFile(path).metadata
+    md = pq.ParquetFile(uri(path)).metadata
     names = [md.schema.column(i).name for i in range(md.num_columns)]
     if column not in names:
         return None
@@ -93,8 +134,8 @@ def column_max(path: Path, column: str) -> datetime | None:
             break
         best = stats.max if best is None else max(best, stats.max)
     if best is None:
-        with duckdb.connect() as con:
-            best = con.execute(f'SELECT max("{column}") FROM read_parquet(?)', [str(path)]).fetchone()[0]
+        best = pq.read_table(uri(path), columns=[column])[column].to_pylist()
+        best = max((v for v in best if v is not None), default=None)
     if isinstance(best, datetime) and best.tzinfo is not None:
         best = best.replace(tzinfo=None) - best.utcoffset()
     return best
@@ -136,7 +177,7 @@ def hour_runs(data: pa.Table, column: str) -> list[pa.Table]:
     return [data.slice(a, b - a) for a, b in zip(cuts[:-1], cuts[1:])]
 
 
-def _write_parquet(data: pa.Table, path: Path, hourly_column: str | None) -> None:
+def _write_parquet(data: pa.Table, path: Path | pa.NativeFile, hourly_column: str | None) -> None:
     """zstd Parquet; row groups of ROW_GROUP_ROWS, or one per hour of `hourly_column` (HOURLY_ROW_GROUPS)."""
     if hourly_column is None:
         pq.write_table(data, path, compression="zstd", row_group_size=ROW_GROUP_ROWS)
@@ -167,18 +208,40 @@ def exclusive_folder(folder: Path, orphans: str) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Lake:
-    root: Path = field(default_factory=lambda: data_dir() / "lake")
+    root: LakePath = field(default_factory=lambda: data_dir() / "lake")
 
     @classmethod
-    def at(cls, data_dir_path: Path | str | None = None) -> Lake:
-        base = Path(data_dir_path).resolve() if data_dir_path else data_dir()
+    def at(cls, data_dir_path: LakePath | str | None = None) -> Lake:
+        base = location(data_dir_path) if data_dir_path else data_dir()
         return cls(root=base / "lake")
 
     @property
-    def warehouse_path(self) -> Path:
-        return self.root.parent / "warehouse.duckdb"
+    def remote(self) -> bool:
+        return is_remote(self.root)
 
-    def calibration_file(self, symbol: str) -> Path:
+    @property
+    def local(self) -> Path:
+        """This machine's folder beside the lake (`local_dir`): the lake's own parent when that is local."""
+        return local_dir(self.root.parent)
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.local / "warehouse.duckdb"
+
+    def connect(self, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection that can read this lake's paths (`uri`): for an S3 lake, with the lake's filesystem
+        registered on it (DuckDB's httpfs extension is not needed, nor installable offline)."""
+        con = duckdb.connect(database)
+        self.register(con)
+        return con
+
+    def register(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+        """Let a connection made elsewhere (dagster-duckdb's) read an S3 lake; nothing to do for a local one."""
+        if self.remote and not con.filesystem_is_registered("s3"):
+            con.register_filesystem(self.root.fs)
+        return con
+
+    def calibration_file(self, symbol: str) -> LakePath:
         """A symbol's fitted model parameters (`liq calibrate`, `model_calibration`), read by the model."""
         return self.root.parent / "calibration" / f"{symbol}.json"
 
@@ -187,7 +250,7 @@ class Lake:
         like the lake under `$LIQ_DATA_DIR/cache`. Safe to delete: they are rebuilt on the next read."""
         return Lake(root=self.root.parent / "cache")
 
-    def partition_file(self, table: str, symbol: str, day: date) -> Path:
+    def partition_file(self, table: str, symbol: str, day: date) -> LakePath:
         return self.root / table / f"symbol={symbol}" / f"date={day.isoformat()}" / PART_FILE
 
     def exists(self, table: str, symbol: str, day: date) -> bool:
@@ -195,12 +258,20 @@ class Lake:
 
     def write(
         self, table: str, symbol: str, day: date, data: pa.Table, unless: Callable[[Path], None] | None = None
-    ) -> Path:
+    ) -> LakePath:
         """Write one partition atomically: a temporary file beside the target, then `os.replace` over it.
         Temporary files left by a killed write of this partition are deleted first. `unless(target)` runs under the
         partition's lock before anything is written and may raise to refuse the write (the live collector never
-        writes over a partition the archive's ingest has just replaced)."""
+        writes over a partition the archive's ingest has just replaced). On S3 the file is built in memory and
+        sent as one object (S3 has no rename; a PUT is atomic), and `unless` runs without a lock."""
         target = self.partition_file(table, symbol, day)
+        if self.remote:
+            if unless is not None:
+                unless(target)
+            sink = pa.BufferOutputStream()
+            _write_parquet(data, sink, HOURLY_ROW_GROUPS.get(table))
+            target.fs.pipe_file(target.path, sink.getvalue().to_pybytes())
+            return target
         tmp = target.with_name(f".{PART_FILE}.{uuid.uuid4().hex}.tmp")
         with exclusive_folder(target.parent, TMP_GLOB):
             if unless is not None:
@@ -212,7 +283,7 @@ class Lake:
                 tmp.unlink(missing_ok=True)
         return target
 
-    def files(self, table: str, symbol: str, days: Iterable[date]) -> tuple[list[Path], list[date]]:
+    def files(self, table: str, symbol: str, days: Iterable[date]) -> tuple[list[LakePath], list[date]]:
         """The partition files that exist for these days, and the days that are missing."""
         present, missing = [], []
         for day in days:
@@ -227,7 +298,7 @@ class Lake:
         files, _ = self.files(table, symbol, sorted(days))
         if not files:
             return pa.table({})
-        return pa.concat_tables(pq.read_table(f, columns=columns) for f in files)
+        return pa.concat_tables(pq.read_table(uri(f), columns=columns, partitioning=None) for f in files)
 
     def symbol_dates(self, table: str) -> dict[str, list[date]]:
         """Which dates each symbol has in a table: a directory listing, no data read."""
@@ -236,9 +307,7 @@ class Lake:
         if not base.exists():
             return out
         for sym_dir in sorted(base.glob("symbol=*")):
-            days = sorted(
-                date.fromisoformat(d.name[5:]) for d in sym_dir.glob("date=*") if (d / PART_FILE).exists()
-            )
+            days = sorted(date.fromisoformat(f.parent.name[5:]) for f in sym_dir.glob(f"date=*/{PART_FILE}"))
             if days:
                 out[sym_dir.name[7:]] = days
         return out
@@ -253,12 +322,12 @@ class Lake:
     def partition_rows(self, table: str, symbol: str, day: date) -> int | None:
         """Rows of one partition from its Parquet footer (no data read); None when it does not exist."""
         path = self.partition_file(table, symbol, day)
-        return pq.ParquetFile(path).metadata.num_rows if path.exists() else None
+        return pq.ParquetFile(uri(path)).metadata.num_rows if path.exists() else None
 
     def row_count(self, table: str, symbol: str) -> int:
         """Rows of one symbol's table, from the Parquet footers (no data read)."""
         files = (self.root / table / f"symbol={symbol}").glob(f"date=*/{PART_FILE}")
-        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        return sum(pq.ParquetFile(uri(f)).metadata.num_rows for f in files)
 
     # --- the warehouse ---------------------------------------------------------------------------------------
 
@@ -283,7 +352,7 @@ class Lake:
     def view_sql(self) -> dict[str, str]:
         """The warehouse's views, name -> SQL over this lake, for the tables that have at least one partition."""
         return {
-            view: sql.format(lake=self.root.as_posix(), ohlc=OHLC_SQL)
+            view: sql.format(lake=uri(self.root), ohlc=OHLC_SQL)
             for view, sql in _VIEWS.items()
             if any((self.root / _VIEW_TABLE[view]).glob(f"*/*/{PART_FILE}"))
         }
@@ -295,7 +364,7 @@ class Lake:
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                return duckdb.connect(str(self.warehouse_path))
+                return self.connect(str(self.warehouse_path))
             except duckdb.IOException as exc:
                 if "lock" not in str(exc).lower() or time.monotonic() > deadline:
                     raise
@@ -303,7 +372,7 @@ class Lake:
 
     def connect_readonly(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with the same views: reads the lake, never takes the warehouse lock."""
-        con = duckdb.connect()
+        con = self.connect()
         for view, sql in self.view_sql().items():
             con.execute(f"CREATE VIEW {view} AS {sql}")
         return con
@@ -336,7 +405,7 @@ class LakeSlice:
         )
 
     @property
-    def files(self) -> list[Path]:
+    def files(self) -> list[LakePath]:
         return [self.lake.partition_file(self.table, self.symbol, d) for d in self.present]
 
     def read(self, columns: list[str] | None = None) -> pa.Table:

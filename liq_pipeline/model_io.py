@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from liq_pipeline.lake import OHLC_SQL, LakeSlice
+from liq_pipeline.lake import OHLC_SQL, LakeSlice, uri
 from liq_pipeline.model import ModelConfig, ModelInputs, ModelResult, hourly_levels, run_model
 from liq_pipeline.model.engine import ENTRY_SUBBINS
 from liq_pipeline.symbols import SymbolSpec
@@ -59,7 +59,7 @@ class LoadedInputs:
 
 
 def _files(s: LakeSlice) -> list[str]:
-    return [str(p) for p in s.files]
+    return [uri(p) for p in s.files]
 
 
 def load_inputs(
@@ -82,7 +82,7 @@ def load_inputs(
     trades = agg_trades.last(n) if agg_trades is not None else None
     step_us = config.step_minutes * 60 * 1_000_000
     seconds: dict[str, float] = {}
-    con = duckdb.connect()
+    con = klines.lake.connect()
     try:
         started = time.perf_counter()
         bars = con.execute(
@@ -188,8 +188,11 @@ def volume_profile_days(
     for day in trades.present:
         fingerprint = staleness.partition_fingerprint(trades.lake, trades.table, trades.symbol, day)
         path = cache.partition_file(name, trades.symbol, day)
-        if path.exists() and (pq.read_schema(path).metadata or {}).get(SOURCE_KEY) == fingerprint.encode():
-            parts.append(pq.read_table(path))
+        if (
+            path.exists()
+            and (pq.read_schema(uri(path)).metadata or {}).get(SOURCE_KEY) == fingerprint.encode()
+        ):
+            parts.append(pq.read_table(uri(path)))
             continue
         table = con.sql(
             f"""
@@ -197,7 +200,7 @@ def volume_profile_days(
                    sum(quantity) AS qty, count(*) AS n
             FROM read_parquet($file) GROUP BY step, floor(price / {bucket}) ORDER BY step, vwap
             """,
-            params={"file": str(trades.lake.partition_file(trades.table, trades.symbol, day))},
+            params={"file": uri(trades.lake.partition_file(trades.table, trades.symbol, day))},
         ).to_arrow_table()
         table = table.replace_schema_metadata({SOURCE_KEY: fingerprint.encode()})
         cache.write(name, trades.symbol, day, table)

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from liq_pipeline.lake import Lake
+from liq_pipeline.lake import Lake, uri
 from liq_pipeline.live.partition import live_info
 
 MINUTE_US = 60_000_000
@@ -240,7 +240,7 @@ def empty_over_full(
     path = lake.partition_file(table_name, symbol, day)
     if table.num_rows or not path.exists():
         return None
-    held = pq.ParquetFile(path).metadata.num_rows
+    held = pq.ParquetFile(uri(path)).metadata.num_rows
     if not held:
         return None
     return (

@@ -53,7 +53,7 @@ class WarehouseResource(DuckDBResource):
         path.parent.mkdir(parents=True, exist_ok=True)
         resolved = DuckDBResource(database=str(path), connection_config=self.connection_config)
         with resolved.get_connection() as con:
-            yield con
+            yield Lake.at().register(con)
 
 
 class LakeIOManager(ConfigurableIOManager):

@@ -31,7 +31,7 @@ from dagster import (
 from PIL import Image
 
 from liq_pipeline import staleness
-from liq_pipeline.lake import Lake, column_max, data_dir
+from liq_pipeline.lake import Lake, column_max, local_dir
 from liq_pipeline.live.partition import live_info
 from liq_pipeline.model_io import HEATMAP
 from liq_pipeline.partitions import DAILY, partition_key
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 def screenshot_dir() -> Path:
     """`$LIQ_SCREENSHOT_DIR`, default `<LIQ_DATA_DIR or ./data>/screenshots`."""
     env = os.environ.get("LIQ_SCREENSHOT_DIR")
-    return Path(env).resolve() if env else data_dir() / "screenshots"
+    return Path(env).resolve() if env else local_dir() / "screenshots"
 
 
 @dataclass(frozen=True)

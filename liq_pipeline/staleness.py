@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from liq_pipeline.lake import Lake
+from liq_pipeline.lake import Lake, uri
 from liq_pipeline.model.config import DEFAULT_LOOKBACK_DAYS, MAX_LOOKBACK_DAYS
 from liq_pipeline.model_io import CONFIG_KEY, MODEL_TABLES
 from liq_pipeline.sources.archive import LIVE_SOURCE, SOURCE_KEY
@@ -59,7 +59,7 @@ def with_fingerprint(table: pa.Table) -> tuple[pa.Table, str]:
 
 
 def _schema_metadata(path: Path) -> dict[bytes, bytes]:
-    return pq.read_schema(path).metadata or {}
+    return pq.read_schema(uri(path)).metadata or {}
 
 
 def partition_fingerprint(

@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from liq_pipeline.lake import OHLC_SQL, Lake, as_numpy
+from liq_pipeline.lake import OHLC_SQL, Lake, LakePath, as_numpy, uri
 from liq_pipeline.model_io import CONFIG_KEY, HEATMAP
 from liq_pipeline.staleness import INPUTS_KEY
 
@@ -60,10 +60,10 @@ def _digest_footer(tail: bytes, footer: bytes) -> str:
     return hashlib.blake2b(footer + tail, digest_size=12).hexdigest()
 
 
-def footer_digest(path: Path | str) -> str:
+def footer_digest(path: LakePath) -> str:
     """A digest of a Parquet file's footer: it changes when the file is rewritten with other content (row count,
     chunk sizes and min/max per column, key-value metadata), not when it is copied or touched."""
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         f.seek(-_TAIL, os.SEEK_END)
         tail = f.read(_TAIL)
         length = int.from_bytes(tail[:4], "little")
@@ -71,13 +71,14 @@ def footer_digest(path: Path | str) -> str:
         return _digest_footer(tail, f.read(length))
 
 
-def read_with_version(path: Path | str) -> tuple[pa.Table, dict]:
+def read_with_version(path: LakePath) -> tuple[pa.Table, dict]:
     """A partition's table and its version from one open file, so the two always agree even when the file is
     replaced meanwhile (`Lake.write` renames a new file over it; an open file keeps its content). The version is
     the file's size and mtime (what a reader compares first: a `stat`, no read) and its footer digest (what it
     compares when those differ, e.g. in a copied lake)."""
-    with open(path, "rb") as f:
-        st = os.fstat(f.fileno())
+    with path.open("rb") as f:
+        # An S3 object has no descriptor; its stat comes from the same GET's headers.
+        st = os.fstat(f.fileno()) if isinstance(path, Path) else path.stat()
         data = f.read()
     length = int.from_bytes(data[-_TAIL:-4], "little")
     digest = _digest_footer(data[-_TAIL:], data[-_TAIL - length : -_TAIL])
@@ -155,11 +156,11 @@ def hourly_candles(klines: pa.Table, version: dict) -> pa.Table:
     return table.replace_schema_metadata({TILE_KEY: json.dumps(info, sort_keys=True).encode()})
 
 
-def build_tiles(heat_file: Path | str, klines_file: Path | str | None) -> dict[str, pa.Table]:
+def build_tiles(heat_file: LakePath, klines_file: LakePath | None) -> dict[str, pa.Table]:
     """The three tile tables of one `date|symbol` partition from its heatmap and klines files (the klines may be
     missing: then no hourly candles)."""
     out = heatmap_tiles(*read_with_version(heat_file))
-    if klines_file is not None and Path(klines_file).exists():
+    if klines_file is not None and klines_file.exists():
         out[CANDLES_1H] = hourly_candles(*read_with_version(klines_file))
     return out
 
@@ -245,9 +246,9 @@ def group_cells(t: np.ndarray, columns: dict[str, np.ndarray], info: dict | None
     )
 
 
-def load_day_tile(path: Path | str) -> DayTile:
+def load_day_tile(path: LakePath) -> DayTile:
     """A heatmap tile as a DayTile, with its TILE_KEY record."""
-    pf = pq.ParquetFile(path)
+    pf = pq.ParquetFile(uri(path))
     table = pf.read(columns=list(HEAT_COLUMNS))
     # Copies owned by numpy: a cached tile holds no Arrow buffer.
     columns = {c: as_numpy(table[c]) for c in HEAT_COLUMNS[1:]}
@@ -272,9 +273,9 @@ class Candles:
         return self.t[a:b], {k: v[a:b] for k, v in self.ohlc.items()}
 
 
-def load_candles(path: Path | str) -> Candles:
+def load_candles(path: LakePath) -> Candles:
     """A CANDLES_1H tile or a klines partition: open_time and OHLC, sorted by open_time (stable)."""
-    pf = pq.ParquetFile(path)
+    pf = pq.ParquetFile(uri(path))
     table = pf.read(columns=["open_time", *CANDLE_COLUMNS])
     t = as_numpy(table["open_time"])
     order = np.argsort(t, kind="stable")

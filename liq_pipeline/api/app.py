@@ -301,7 +301,7 @@ class LakeApi:
         """A connection of its own for one request (DuckDB connections are not shared between threads)."""
         with self._lock:
             if self._db is None:
-                self._db = duckdb.connect()
+                self._db = self.lake.connect()
             return self._db.cursor()
 
     def _latest_as_of(self, listing: Listing) -> datetime | None:

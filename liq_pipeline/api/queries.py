@@ -11,6 +11,7 @@ are computed from the bucket grid, never searched among the rows: a bucket whose
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -24,12 +25,14 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 
-from liq_pipeline.lake import OHLC_SQL, PART_FILE, Lake, as_numpy
+from liq_pipeline.lake import OHLC_SQL, PART_FILE, Lake, as_numpy, uri
 from liq_pipeline.model_io import CONFIG_KEY
 from liq_pipeline.sources.archive import SOURCE_KEY
 from liq_pipeline.tiles import lookback_of
 
 if TYPE_CHECKING:
+    from upath import UPath
+
     from liq_pipeline.api.grid import Piece
 
 DEFAULT_MODEL_STEP = timedelta(minutes=5)
@@ -151,17 +154,12 @@ def list_partitions(
     with `first`/`last`, only those days are stat-ed (a window's days in a year of partitions).
 
     The fingerprint changes whenever a partition is added, removed or replaced (`os.replace` gives a new inode),
-    even when the replacement keeps an older mtime.
+    even when the replacement keeps an older mtime. An S3 lake is listed with one request (`_object_partitions`).
     """
-    found: list[tuple[date, Path, tuple[int, int, int]]] = []
-    for day, folder in _day_folders(lake.root / table / f"symbol={symbol}"):
-        if (first is not None and day < first) or (last is not None and day > last):
-            continue
-        try:
-            st = os.stat(f"{folder}/{PART_FILE}")
-        except OSError:
-            continue
-        found.append((day, _partition_path(folder), (st.st_mtime_ns, st.st_size, st.st_ino)))
+    if lake.remote:
+        found = _object_partitions(lake.root / table / f"symbol={symbol}", first, last)
+    else:
+        found = _file_partitions(lake.root / table / f"symbol={symbol}", first, last)
     return Listing(
         days=tuple(d for d, _, _ in found),
         paths=tuple(p for _, p, _ in found),
@@ -172,6 +170,37 @@ def list_partitions(
         ),
         versions=tuple(s for _, _, s in found),
     )
+
+
+def _file_partitions(base: Path, first: date | None, last: date | None) -> list[tuple[date, Path, tuple]]:
+    found = []
+    for day, folder in _day_folders(base):
+        if (first is not None and day < first) or (last is not None and day > last):
+            continue
+        try:
+            st = os.stat(f"{folder}/{PART_FILE}")
+        except OSError:
+            continue
+        found.append((day, _partition_path(folder), (st.st_mtime_ns, st.st_size, st.st_ino)))
+    return found
+
+
+def _object_partitions(base: UPath, first: date | None, last: date | None) -> list[tuple[date, UPath, tuple]]:
+    """The same from one S3 listing. An object's version is (mtime, size, its ETag as a number): the ETag stands
+    for the inode, since LastModified has whole seconds and a replaced object can keep its size."""
+    found = []
+    listed = base.fs.glob(f"{base.path}/date=*/{PART_FILE}", detail=True)
+    for key, info in sorted(listed.items()):
+        try:
+            day = date.fromisoformat(key.rsplit("/", 2)[1][5:])
+        except ValueError:
+            continue
+        if (first is not None and day < first) or (last is not None and day > last):
+            continue
+        mtime_ns = int(info["LastModified"].timestamp()) * 1_000_000_000
+        etag = int(hashlib.blake2b(str(info.get("ETag")).encode(), digest_size=7).hexdigest(), 16)
+        found.append((day, base / f"date={day.isoformat()}" / PART_FILE, (mtime_ns, int(info["size"]), etag)))
+    return found
 
 
 def dates_summary(days: tuple[date, ...]) -> dict[str, Any] | None:
@@ -185,14 +214,14 @@ def dates_summary(days: tuple[date, ...]) -> dict[str, Any] | None:
 
 def read_config(path: Path) -> dict:
     """The model parameters stored in a model table's footer ({} if none)."""
-    raw = (pq.read_schema(path).metadata or {}).get(CONFIG_KEY)
+    raw = (pq.read_schema(uri(path)).metadata or {}).get(CONFIG_KEY)
     value = json.loads(raw, parse_constant=lambda _: None) if raw else {}
     return value if isinstance(value, dict) else {"value": value}
 
 
 def read_source(path: Path) -> str | None:
     """The archive source a raw partition was ingested from (sample, local, binance), from its footer."""
-    raw = (pq.read_schema(path).metadata or {}).get(SOURCE_KEY)
+    raw = (pq.read_schema(uri(path)).metadata or {}).get(SOURCE_KEY)
     return raw.decode() if raw else None
 
 
@@ -297,7 +326,7 @@ def read_candles(con: duckdb.DuckDBPyConnection, klines: Listing, axis: Axis) ->
     if not axis.start_us.size:
         return align_candles(axis, np.zeros(0, np.int64), {})
     first, cutoff = int(axis.start_us[0]), int(axis.as_of_us[-1])  # no kline after the last column's state
-    files = [str(p) for _, p in klines.between(from_us(first).date(), from_us(cutoff - 1).date())]
+    files = [uri(p) for _, p in klines.between(from_us(first).date(), from_us(cutoff - 1).date())]
     if not files:
         return align_candles(axis, np.zeros(0, np.int64), {})
     rows = con.execute(
@@ -366,7 +395,7 @@ def axis_files(axis: Axis, heat: Listing, klines: Listing) -> list[tuple[Path, t
 def as_of_ranges(path: Path) -> np.ndarray:
     """[row group, (min, max)] of a heatmap partition's as_of in µs, from its footer's statistics; a row group
     without them spans everything (it is always read)."""
-    md = pq.read_metadata(path)
+    md = pq.read_metadata(uri(path))
     names = [md.schema.column(i).name for i in range(md.num_columns)]
     col = names.index("as_of") if "as_of" in names else -1
     out = np.tile(np.array([np.iinfo(np.int64).min, np.iinfo(np.int64).max]), (md.num_row_groups, 1))
@@ -391,7 +420,9 @@ def read_heat_states(
     ranges = as_of_ranges(path) if ranges is None else ranges
     lo, hi = int(as_of_us.min()), int(as_of_us.max())
     groups = np.flatnonzero((ranges[:, 1] >= lo) & (ranges[:, 0] <= hi)).tolist()
-    table = pq.ParquetFile(path).read_row_groups(groups, columns=["as_of", "price", "long_usd", "short_usd"])
+    table = pq.ParquetFile(uri(path)).read_row_groups(
+        groups, columns=["as_of", "price", "long_usd", "short_usd"]
+    )
     t = as_numpy(table["as_of"])
     keep = np.isin(t, as_of_us)
     return {"t": t[keep], **{c: as_numpy(table[c])[keep] for c in ("price", "long_usd", "short_usd")}}
@@ -399,7 +430,7 @@ def read_heat_states(
 
 def read_lookback(path: Path) -> dict:
     """The lookback a heatmap partition was computed with, from its footer (`tiles.lookback_of`)."""
-    return lookback_of(pq.read_schema(path).metadata)
+    return lookback_of(pq.read_schema(uri(path)).metadata)
 
 
 def latest_levels(con: duckdb.DuckDBPyConnection, path: Path, sides: list[str], top: int) -> list[tuple]:
@@ -411,7 +442,7 @@ def latest_levels(con: duckdb.DuckDBPyConnection, path: Path, sides: list[str], 
         "FROM latest WHERE side IN (SELECT unnest(?::VARCHAR[]))) "
         "SELECT as_of, side, price_low, price_high, notional_usd, distance_pct, rank FROM ranked "
         "WHERE r <= ? ORDER BY side, r",
-        [str(path), sides, top],
+        [uri(path), sides, top],
     ).fetchall()
 
 

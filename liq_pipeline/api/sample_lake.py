@@ -71,7 +71,7 @@ def write_symbol(
 ) -> dict[str, float]:
     """One symbol's raw and model partitions over `days` (ascending); seconds per phase."""
     lake = Lake.at(data_dir)
-    mirror = SampleArchive(lake.root.parent / "sample_archive")
+    mirror = SampleArchive(lake.local / "sample_archive")
     raw = ("klines", "open_interest", "agg_trades") if with_trades else ("klines", "open_interest")
     started = time.perf_counter()
     for day in days:

@@ -158,7 +158,7 @@ def liquidation_model(
         "model seconds": round(model_s, 3),
     }
     png = heatmap_png(result.ts_end, result.prices, result.intensity(), result.close, title=f"{symbol} {day}")
-    preview_path = lake.get().root.parent / "previews" / symbol / f"{day}.png"
+    preview_path = lake.get().local / "previews" / symbol / f"{day}.png"
     preview_path.parent.mkdir(parents=True, exist_ok=True)
     preview_path.write_bytes(png)
     end = levels.filter(pc.field("is_end"))

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from liq_pipeline.lake import Lake
+from liq_pipeline.lake import Lake, uri
 from liq_pipeline.live.partition import Interval, LiveInfo, day_bounds_ms, live_info, merge_intervals
 from liq_pipeline.sources.archive import LIQUIDATION_SNAPSHOT_LAST_DAY
 
@@ -39,7 +39,7 @@ def read_live(lake: Lake, table: str, symbol: str, day: date) -> tuple[pa.Table,
     info = live_info(path)
     if info is None or not info.live:
         return None
-    return pq.read_table(path), info
+    return pq.read_table(uri(path)), info
 
 
 def compare(table: str, live: pa.Table, archive: pa.Table, coverage: list[Interval], day: date) -> dict:

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from liq_pipeline import staleness
 from liq_pipeline.formats import FORMATS
 from liq_pipeline.formats.binance import sort_unique
-from liq_pipeline.lake import Lake, column_max
+from liq_pipeline.lake import Lake, column_max, uri
 from liq_pipeline.sources.archive import LIVE_SOURCE, SOURCE_KEY, empty_table
 
 COVERAGE_KEY = b"liq_live_coverage"
@@ -68,10 +68,10 @@ def live_info(path: Path) -> LiveInfo | None:
     """None when the partition does not exist."""
     if not path.exists():
         return None
-    meta = pq.read_schema(path).metadata or {}
+    meta = pq.read_schema(uri(path)).metadata or {}
     live = meta.get(SOURCE_KEY) == LIVE_SOURCE.encode()
     coverage = [tuple(x) for x in json.loads(meta.get(COVERAGE_KEY, b"[]"))] if live else []
-    return LiveInfo(live, coverage, pq.ParquetFile(path).metadata.num_rows)
+    return LiveInfo(live, coverage, pq.ParquetFile(uri(path)).metadata.num_rows)
 
 
 def covered_until(coverage: list[Interval], day: date, max_gap_ms: int = 60_000) -> datetime | None:
@@ -102,7 +102,7 @@ class LivePartition:
         self.schema = empty_table(
             self.fmt, symbol, day
         ).schema  # Parquet gives the dictionary column back as string
-        self.committed: pa.Table | None = pq.read_table(self.path).cast(self.schema) if info else None
+        self.committed: pa.Table | None = pq.read_table(uri(self.path)).cast(self.schema) if info else None
         self.coverage: list[Interval] = list(info.coverage) if info else []
         self.pending: list[pa.Table] = []
         self.dirty = False  # rows or coverage not yet committed

@@ -26,7 +26,7 @@ from urllib3.util import Retry
 
 from liq_pipeline.formats import ArchiveFormat, FormatError, parse_file
 from liq_pipeline.formats.binance import lake_schema, with_partition_columns
-from liq_pipeline.lake import data_dir, exclusive_folder
+from liq_pipeline.lake import exclusive_folder, local_dir
 from liq_pipeline.symbols import load_registry
 
 DEFAULT_ARCHIVE_URL = "https://data.binance.vision"
@@ -309,7 +309,7 @@ def get_source(name: str | None = None) -> Source:
     """The source named by `name` or `LIQ_SOURCE` (default `sample`)."""
     name = (name or os.environ.get("LIQ_SOURCE") or "sample").lower()
     if name == "sample":
-        return SampleArchive(data_dir() / "sample_archive")
+        return SampleArchive(local_dir() / "sample_archive")
     if name == "local":
         root = os.environ.get("LIQ_ARCHIVE_ROOT")
         if not root:
@@ -317,7 +317,7 @@ def get_source(name: str | None = None) -> Source:
         return LocalMirror(root)
     if name == "binance":
         url = os.environ.get("LIQ_BINANCE_ARCHIVE_URL") or DEFAULT_ARCHIVE_URL
-        return BinanceArchive(url, data_dir() / "archive_cache")
+        return BinanceArchive(url, local_dir() / "archive_cache")
     raise ArchiveError(f"LIQ_SOURCE={name!r} is not a source; use sample, binance or local")
 
 

@@ -541,7 +541,7 @@ def calibrate_cli(
     lake = Lake.at(data_dir)
     if screenshots is None:
         in_data_dir = data_dir and not os.environ.get("LIQ_SCREENSHOT_DIR")
-        screenshots = lake.root.parent / "screenshots" if in_data_dir else screenshot_dir()
+        screenshots = lake.local / "screenshots" if in_data_dir else screenshot_dir()
     try:
         result = calibrate(
             symbol, start, end, Path(screenshots), lake, lookbacks=lookbacks or DEFAULT_LOOKBACKS

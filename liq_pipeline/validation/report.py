@@ -71,7 +71,7 @@ COUNT_ROWS = (
 
 def comparison_jsonl(lake: Lake) -> Path:
     """The seed's per-screenshot file: one JSON object per screenshot with symbol, captured_at and hit_rate."""
-    return lake.root.parent / "validation" / "price_level_comparison.jsonl"
+    return lake.local / "validation" / "price_level_comparison.jsonl"
 
 
 def all_scores(lake: Lake, extra: pd.DataFrame | None = None) -> pd.DataFrame:

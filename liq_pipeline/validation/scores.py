@@ -71,6 +71,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from liq_pipeline.lake import LakePath, is_remote
 from liq_pipeline.model.levels import zones
 
 DEFAULT_TOP = 10
@@ -901,7 +902,10 @@ def _key_of(obj: Mapping | None, key: Sequence[str]) -> tuple | None:
     return tuple(json.dumps(obj.get(k)) for k in key)
 
 
-def _write_atomic(path: Path, lines: Iterable[str]) -> None:
+def _write_atomic(path: LakePath, lines: Iterable[str]) -> None:
+    if is_remote(path):  # an S3 object is written whole by one PUT (the calibration on an S3 lake)
+        path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

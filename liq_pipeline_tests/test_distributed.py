@@ -1,0 +1,135 @@
+"""The distributed deployment on one machine: PostgreSQL run storage, two Celery workers, the daemon and the lake on
+a real S3 server (`liq_pipeline.stack`), set up as the README's "Beyond one machine" section says. A backfill of
+2 symbols x 2 days runs there; its steps must run on both workers, its lake objects must hold the rows a local
+in-process run writes, and `liq serve` must answer the heatmap from the S3 lake as the local lake's app does."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from datetime import timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+
+from liq_pipeline import bench, stack
+from liq_pipeline.api.app import create_app
+from liq_pipeline.api.server import free_port
+from liq_pipeline.definitions import defs
+from liq_pipeline.lake import Lake
+from liq_pipeline.sources.sample import SAMPLE_DAYS, SAMPLE_SYMBOLS
+
+DAYS = list(SAMPLE_DAYS[:2])
+KEYS = [(s, d) for d in DAYS for s in SAMPLE_SYMBOLS]
+HEATMAP = "/liquidations/heatmap-timeseries"
+
+
+@pytest.fixture(scope="module")
+def distributed(tmp_path_factory):
+    """The backfill on the stack: (stack env, DAGSTER_HOME folder, run records, step -> workers)."""
+    root = tmp_path_factory.mktemp("distributed")
+    with stack.start(root / "stack") as services, pytest.MonkeyPatch.context() as mp:
+        folder = bench.deploy_folder(root / "home")
+        for key, value in services.env.items():
+            mp.setenv(key, value)  # this process opens the Postgres instance too
+        env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+        env |= {"DAGSTER_HOME": str(folder), "LIQ_EXECUTOR": "celery", "LIQ_SOURCE": "sample"}
+        env["LIQ_LOCAL_DIR"] = str(root / "local")
+        workers = [bench.start_celery_worker(folder, env, f"w{i}", root / f"worker{i}.log") for i in (1, 2)]
+        try:
+            records, _, _ = bench.daemon_backfill(folder, env, KEYS, root / "daemon.log")
+        finally:
+            for worker in workers:
+                bench.stop_daemon(worker)
+        failed = [
+            r.dagster_run.tags.get("dagster/partition") for r in records if not r.dagster_run.is_success
+        ]
+        assert not failed, f"runs failed: {failed}; daemon log: {(root / 'daemon.log').read_text()[-3000:]}"
+        steps = bench.celery_workers_of(folder, [r.dagster_run.run_id for r in records])
+        yield services.env | {"LIQ_LOCAL_DIR": env["LIQ_LOCAL_DIR"]}, folder, records, steps
+
+
+def test_every_step_of_every_run_ran_on_a_celery_worker_and_both_workers_were_used(distributed):
+    _, _, records, steps = distributed
+    assert len(records) == len(KEYS)
+    assert {r.dagster_run.tags["dagster/partition"] for r in records} == {f"{d}|{s}" for s, d in KEYS}
+    job_steps = {node.name for node in defs.resolve_job_def("daily_job").graph.nodes}  # assets and checks
+    assert set(steps) == job_steps  # every step key ran on a worker, none in the run's own process
+    workers = {w.split("@")[0] for ran in steps.values() for w in ran}
+    assert workers == {"w1", "w2"}
+
+
+@pytest.fixture(scope="module")
+def local_lake(tmp_path_factory):
+    """The same partitions written by daily_job in this process into a local lake (what `liq backfill` does)."""
+    folder = tmp_path_factory.mktemp("local-run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LIQ_SOURCE", "sample")
+        mp.setenv("LIQ_DATA_DIR", str(folder))
+        bench._in_process_seconds(KEYS, folder)
+    return Lake.at(folder)
+
+
+def test_the_s3_lake_holds_the_rows_of_a_local_in_process_run(distributed, local_lake, monkeypatch):
+    env = distributed[0]
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    remote = Lake.at(env["LIQ_DATA_DIR"])
+    assert remote.remote and str(remote.root).startswith("s3://")
+    tables = sorted(p.name for p in local_lake.root.iterdir())
+    assert {"klines", "open_interest", "agg_trades", "liquidation_heatmap", "liquidation_levels"} <= set(
+        tables
+    )
+    for table in tables:
+        days_by_symbol = local_lake.symbol_dates(table)
+        assert remote.symbol_dates(table) == days_by_symbol, table
+        for symbol, days in days_by_symbol.items():
+            for day in days:
+                ours, theirs = remote.read(table, symbol, [day]), local_lake.read(table, symbol, [day])
+                assert ours.schema == theirs.schema, (table, symbol, day)
+                assert ours.equals(theirs), (table, symbol, day)
+
+
+def test_liq_serve_answers_the_heatmap_from_the_s3_lake(distributed, local_lake):
+    env = distributed[0]
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "liq_pipeline.cli", "serve", "--port", str(port)],
+        env={k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"} | env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        answers = {s: _get_json(port, HEATMAP, symbol=s) for s in SAMPLE_SYMBOLS}
+        health = _get_json(port, "/health")
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=30)
+    assert server.returncode == 0, err.decode()[-2000:]
+    client = TestClient(create_app(local_lake.root.parent))
+    for symbol, ours in answers.items():
+        assert ours["times"] and ours["end_time"] == f"{DAYS[-1] + timedelta(days=1)}T00:00:00Z", ours
+        theirs = client.get(HEATMAP, params={"symbol": symbol})
+        assert theirs.status_code == 200, theirs.text
+        assert ours == theirs.json(), symbol
+        assert health["symbols"][symbol]["latest_data_day"] == str(DAYS[-1])
+
+
+def _get_json(port: int, path: str, **params) -> dict:
+    """GET `path` as JSON, waiting up to a minute for the server to listen."""
+    url = f"http://127.0.0.1:{port}{path}?{urllib.parse.urlencode(params)}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                return json.loads(response.read())
+        except (ConnectionError, urllib.error.URLError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
