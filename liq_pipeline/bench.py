@@ -388,9 +388,14 @@ def run_errors(folder: Path, records: list) -> list[str]:
             partition = record.dagster_run.tags.get("dagster/partition")
             for entry in instance.all_logs(record.dagster_run.run_id):
                 event = entry.dagster_event
-                if event and event.event_type in (DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE):
+                if event and event.event_type in (
+                    DagsterEventType.STEP_FAILURE,
+                    DagsterEventType.RUN_FAILURE,
+                ):
                     error = getattr(event.event_specific_data, "error", None)
-                    out.append(f"{partition} {event.step_key}: {error.to_string() if error else event.message}")
+                    out.append(
+                        f"{partition} {event.step_key}: {error.to_string() if error else event.message}"
+                    )
     return out
 
 

@@ -201,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(
-        "--data-dir", dest="data_dir", default=None, help="a folder or s3://bucket/prefix; default: $LIQ_DATA_DIR"
+        "--data-dir",
+        dest="data_dir",
+        default=None,
+        help="a folder or s3://bucket/prefix; default: $LIQ_DATA_DIR",
     )
     serve.add_argument(
         "--workers",
