@@ -314,17 +314,19 @@ def deploy_folder(root: Path) -> Path:
     return root
 
 
-def start_celery_worker(folder: Path, env: dict[str, str], name: str, log: Path):
-    """`dagster-celery worker start` as the README runs it on a worker machine, in its own process group. The solo
-    pool runs one step at a time in the worker's own process, which imports the project once. Returns when the
-    worker says it is ready."""
+# A Celery worker as the README starts one, from the repository folder. The solo pool runs one step at a time in the
+# worker's own process, which imports the project once.
+CELERY_WORKER = ["dagster-celery", "worker", "start", "-A", "dagster_celery.app", "-y", "deploy/celery.yaml"]
+
+
+def start_celery_worker(env: dict[str, str], name: str, log: Path):
+    """`dagster-celery worker start … -n NAME -- --pool solo` in its own process group; returns when it is ready."""
     import subprocess
 
-    command = [dagster_bin("dagster-celery"), "worker", "start", "-A", "dagster_celery.app"]
-    command += ["-y", str(REPO / "deploy" / "celery.yaml"), "-n", name, "--", "--pool", "solo"]
+    command = [dagster_bin(CELERY_WORKER[0]), *CELERY_WORKER[1:], "-n", name, "--", "--pool", "solo"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            command, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     deadline = time.monotonic() + 120
     while b" ready." not in log.read_bytes():
@@ -335,29 +337,46 @@ def start_celery_worker(folder: Path, env: dict[str, str], name: str, log: Path)
     return proc
 
 
-def daemon_backfill(
-    folder: Path, env: dict[str, str], keys: list[tuple[str, date]], log: Path
+def launch_backfill(
+    folder: Path, env: dict[str, str], keys: list[tuple[str, date]]
 ) -> tuple[list, float, float]:
-    """Start a daemon in `folder`, launch `dagster job backfill` of daily_job over `keys` (symbol, day), wait for its
-    runs. Returns the run records, the seconds the command took to queue them and the seconds to the last run's end."""
+    """`dagster job backfill` of daily_job over `keys` (symbol, day) in `folder`, whose daemon must be running; waits
+    for its runs. Returns the run records, the seconds the command took to queue them and to the last run's end."""
     import subprocess
 
-    daemon = start_daemon(folder, env, log)
-    try:
-        launch = [dagster_bin("dagster"), "job", "backfill", "-w", "workspace.yaml", "-j", "daily_job"]
-        started = time.perf_counter()
-        subprocess.run(
-            [*launch, "--partitions", ",".join(f"{d}|{s}" for s, d in keys), "--noprompt"],
-            cwd=folder,
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        launched = time.perf_counter() - started
-        records = wait_for_backfill_runs(folder, len(keys), timeout=60 * len(keys) + 120)
-        return records, launched, time.perf_counter() - started
-    finally:
-        stop_daemon(daemon)
+    launch = [dagster_bin("dagster"), "job", "backfill", "-w", "workspace.yaml", "-j", "daily_job"]
+    started = time.perf_counter()
+    subprocess.run(
+        [*launch, "--partitions", ",".join(f"{d}|{s}" for s, d in keys), "--noprompt"],
+        cwd=folder,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    launched = time.perf_counter() - started
+    records = wait_for_backfill_runs(folder, len(keys), timeout=60 * len(keys) + 120)
+    return records, launched, time.perf_counter() - started
+
+
+def start_deployment(folder: Path, env: dict[str, str], logs: Path, workers: int = 2) -> list:
+    """The daemon and `workers` Celery workers (w1, w2, …) started side by side, each ready; their processes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers + 1) as pool:
+        daemon = pool.submit(start_daemon, folder, env, logs / "daemon.log")
+        started = [
+            pool.submit(start_celery_worker, env, f"w{i}", logs / f"worker{i}.log")
+            for i in range(1, workers + 1)
+        ]
+        procs = []
+        for future in [daemon, *started]:
+            try:
+                procs.append(future.result())
+            except BaseException:
+                for proc in procs:
+                    stop_daemon(proc)
+                raise
+    return procs
 
 
 def celery_workers_of(folder: Path, run_ids: list[str]) -> dict[str, set[str]]:
@@ -416,7 +435,11 @@ def bench_backfill(args: argparse.Namespace) -> int:
         cli = _liq_backfill_seconds(symbols, days, root / "liq-backfill", env)
         folder = project_folder(root / "project")
         daemon_env = env | {"DAGSTER_HOME": str(folder), "LIQ_DATA_DIR": str(root / "data-daemon")}
-        records, launched, total = daemon_backfill(folder, daemon_env, keys, root / "daemon.log")
+        daemon = start_daemon(folder, daemon_env, root / "daemon.log")
+        try:
+            records, launched, total = launch_backfill(folder, daemon_env, keys)
+        finally:
+            stop_daemon(daemon)
         celery = _celery_backfill(root / "celery", env, keys) if args.celery else None
     queued = _queued_to_done(records)
     busy = sum(r.end_time - (r.start_time or r.end_time) for r in records) / n
@@ -449,16 +472,19 @@ def _queued_to_done(records: list) -> float:
 
 def _celery_backfill(root: Path, env: dict[str, str], keys: list[tuple[str, date]]) -> list:
     """The same backfill on the distributed deployment started on this machine; the run records."""
+    import os
+
     from liq_pipeline import stack
 
     root.mkdir(parents=True)
     with stack.start(root / "stack") as services:
+        os.environ.update(services.env)  # this process reads the runs from the Postgres instance too
         folder = deploy_folder(root / "home")
         env = env | services.env | {"DAGSTER_HOME": str(folder), "LIQ_EXECUTOR": "celery"}
-        workers = [start_celery_worker(folder, env, f"w{i}", root / f"worker{i}.log") for i in (1, 2)]
+        processes = start_deployment(folder, env, root)
         try:
-            records, _, _ = daemon_backfill(folder, env, keys, root / "daemon.log")
+            records, _, _ = launch_backfill(folder, env, keys)
         finally:
-            for worker in workers:
-                stop_daemon(worker)
+            for proc in processes:
+                stop_daemon(proc)
     return records

@@ -1,4 +1,4 @@
-"""The `liq` command: demo, backfill, collect, serve, screenshot-levels, calibrate, sql, validate-report, bench."""
+"""The `liq` command: demo, backfill, collect, stack, serve, screenshot-levels, calibrate, sql, validate-report, bench."""
 
 from __future__ import annotations
 
@@ -82,6 +82,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.data_dir is not None:
         os.environ["LIQ_DATA_DIR"] = str(location(args.data_dir))  # a folder made absolute, or s3://…
     return serve(args.host, args.port, args.workers, args.log_level)
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    from liq_pipeline.stack import run_foreground
+
+    return run_foreground(args.dir)
 
 
 def cmd_validate_report(args: argparse.Namespace) -> int:
@@ -196,6 +202,14 @@ def main(argv: list[str] | None = None) -> int:
         help="how often rows are committed",
     )
     collect.set_defaults(func=cmd_collect)
+
+    stack = sub.add_parser(
+        "stack",
+        help="PostgreSQL, Redis and an S3 server on 127.0.0.1, for trying the distributed deployment on one machine; "
+        "prints their environment as export lines and runs until Ctrl-C",
+    )
+    stack.add_argument("--dir", type=Path, required=True, help="folder for the services' data and logs")
+    stack.set_defaults(func=cmd_stack)
 
     serve = sub.add_parser("serve", help="the read-only heatmap API and page (FastAPI + uvicorn)")
     serve.add_argument("--host", default="127.0.0.1")

@@ -7,7 +7,6 @@ The services are Debian's PostgreSQL and Redis and the `weed` binary of `seaweed
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import contextlib
 import glob
@@ -179,8 +178,7 @@ def start(folder: Path, bucket: str = "liq", prefix: str = "data", timeout: floa
         "AWS_ENDPOINT_URL": f"http://{HOST}:{s3}",
         "AWS_ACCESS_KEY_ID": S3_KEY,
         "AWS_SECRET_ACCESS_KEY": S3_SECRET,
-        "AWS_REGION": S3_REGION,
-        "AWS_DEFAULT_REGION": S3_REGION,  # the name older AWS clients read
+        "AWS_DEFAULT_REGION": S3_REGION,  # the name botocore (s3fs) and pyarrow both read
         "LIQ_DATA_DIR": f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}",
     }
     stack = Stack(folder, services, pg, redis, s3, env, [p for _, c in started.values() for p in c])
@@ -214,12 +212,6 @@ def run_foreground(folder: Path) -> int:
         return 0
     finally:
         stack.stop()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="liq stack", description=run_foreground.__doc__)
-    parser.add_argument("--dir", type=Path, required=True, help="folder for the services' data and logs")
-    return run_foreground(parser.parse_args(argv).dir)
 
 
 # --- the services ---
@@ -645,7 +637,3 @@ def _stop_live() -> None:
     """A stack its owner did not stop (an exception, a forgotten stop()) ends with this process."""
     for stack in list(_live):
         stack.stop()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

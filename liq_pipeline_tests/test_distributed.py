@@ -18,11 +18,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from liq_pipeline import bench, stack
+from liq_pipeline import lake as lake_module
 from liq_pipeline.api.app import create_app
 from liq_pipeline.api.server import free_port
 from liq_pipeline.definitions import defs
 from liq_pipeline.lake import Lake
 from liq_pipeline.sources.sample import SAMPLE_DAYS, SAMPLE_SYMBOLS
+from liq_pipeline_tests.test_readme_commands import README, commands, readme_block
 
 DAYS = list(SAMPLE_DAYS[:2])
 KEYS = [(s, d) for d in DAYS for s in SAMPLE_SYMBOLS]
@@ -30,28 +32,33 @@ HEATMAP = "/liquidations/heatmap-timeseries"
 
 
 @pytest.fixture(scope="module")
-def distributed(tmp_path_factory):
+def services(tmp_path_factory):
+    """A stack (PostgreSQL, Redis, the S3 server) for the module; its variables set in this process too, which opens
+    the Postgres instance and the S3 lake. Yields the stack's environment."""
+    root = tmp_path_factory.mktemp("stack")
+    with stack.start(root / "stack") as started, pytest.MonkeyPatch.context() as mp:
+        for key, value in started.env.items():
+            mp.setenv(key, value)
+        yield started.env | {"LIQ_LOCAL_DIR": str(root / "local")}
+
+
+@pytest.fixture(scope="module")
+def distributed(services, tmp_path_factory):
     """The backfill on the stack: (stack env, DAGSTER_HOME folder, run records, step -> workers)."""
     root = tmp_path_factory.mktemp("distributed")
-    with stack.start(root / "stack") as services, pytest.MonkeyPatch.context() as mp:
-        folder = bench.deploy_folder(root / "home")
-        for key, value in services.env.items():
-            mp.setenv(key, value)  # this process opens the Postgres instance too
-        env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
-        env |= {"DAGSTER_HOME": str(folder), "LIQ_EXECUTOR": "celery", "LIQ_SOURCE": "sample"}
-        env["LIQ_LOCAL_DIR"] = str(root / "local")
-        workers = [bench.start_celery_worker(folder, env, f"w{i}", root / f"worker{i}.log") for i in (1, 2)]
-        try:
-            records, _, _ = bench.daemon_backfill(folder, env, KEYS, root / "daemon.log")
-        finally:
-            for worker in workers:
-                bench.stop_daemon(worker)
-        failed = [
-            r.dagster_run.tags.get("dagster/partition") for r in records if not r.dagster_run.is_success
-        ]
-        assert not failed, f"runs failed: {failed}; daemon log: {(root / 'daemon.log').read_text()[-3000:]}"
-        steps = bench.celery_workers_of(folder, [r.dagster_run.run_id for r in records])
-        yield services.env | {"LIQ_LOCAL_DIR": env["LIQ_LOCAL_DIR"]}, folder, records, steps
+    folder = bench.deploy_folder(root / "home")
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"} | services
+    env |= {"DAGSTER_HOME": str(folder), "LIQ_EXECUTOR": "celery", "LIQ_SOURCE": "sample"}
+    processes = bench.start_deployment(folder, env, root)  # the daemon, workers w1 and w2
+    try:
+        records, _, _ = bench.launch_backfill(folder, env, KEYS)
+    finally:
+        for proc in processes:
+            bench.stop_daemon(proc)
+    errors = bench.run_errors(folder, records)
+    assert all(r.dagster_run.is_success for r in records), "\n".join(errors)[-6000:]
+    steps = bench.celery_workers_of(folder, [r.dagster_run.run_id for r in records])
+    return services, folder, records, steps
 
 
 def test_every_step_of_every_run_ran_on_a_celery_worker_and_both_workers_were_used(distributed):
@@ -75,11 +82,8 @@ def local_lake(tmp_path_factory):
     return Lake.at(folder)
 
 
-def test_the_s3_lake_holds_the_rows_of_a_local_in_process_run(distributed, local_lake, monkeypatch):
-    env = distributed[0]
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    remote = Lake.at(env["LIQ_DATA_DIR"])
+def test_the_s3_lake_holds_the_rows_of_a_local_in_process_run(distributed, local_lake):
+    remote = Lake.at(distributed[0]["LIQ_DATA_DIR"])
     assert remote.remote and str(remote.root).startswith("s3://")
     tables = sorted(p.name for p in local_lake.root.iterdir())
     assert {"klines", "open_interest", "agg_trades", "liquidation_heatmap", "liquidation_levels"} <= set(
@@ -93,6 +97,36 @@ def test_the_s3_lake_holds_the_rows_of_a_local_in_process_run(distributed, local
                 ours, theirs = remote.read(table, symbol, [day]), local_lake.read(table, symbol, [day])
                 assert ours.schema == theirs.schema, (table, symbol, day)
                 assert ours.equals(theirs), (table, symbol, day)
+
+
+def test_the_warehouse_views_over_s3_count_what_the_local_views_count(distributed, local_lake):
+    remote = Lake.at(distributed[0]["LIQ_DATA_DIR"])
+    assert remote.view_sql().keys() == local_lake.view_sql().keys()
+    with remote.connect_readonly() as ours, local_lake.connect_readonly() as theirs:
+        for view in local_lake.view_sql():
+            count = f"SELECT count(*), count(DISTINCT symbol) FROM {view}"
+            assert ours.sql(count).fetchall() == theirs.sql(count).fetchall(), view
+
+
+def test_a_failed_write_leaves_the_old_object_whole(services, local_lake, monkeypatch):
+    """The partition is sent only once its Parquet is complete: a write that fails while serializing (after some
+    row groups) leaves the object as it was. A writer streaming into the object would have committed half a file."""
+    remote = Lake.at(services["LIQ_DATA_DIR"] + "-atomic")
+    day = DAYS[0]
+    heat = local_lake.read("liquidation_heatmap", "BTCUSDT", [day])
+    target = remote.write("liquidation_heatmap", "BTCUSDT", day, heat.slice(0, 1000))
+    before = target.read_bytes()
+    real = lake_module.hour_runs
+
+    def runs_then_fail(data, column):
+        yield from real(data, column)[:3]
+        raise OSError("disk full (simulated) after three row groups")
+
+    monkeypatch.setattr(lake_module, "hour_runs", runs_then_fail)
+    with pytest.raises(OSError, match="simulated"):
+        remote.write("liquidation_heatmap", "BTCUSDT", day, heat)
+    assert target.read_bytes() == before
+    assert remote.read("liquidation_heatmap", "BTCUSDT", [day]).equals(heat.slice(0, 1000))
 
 
 def test_liq_serve_answers_the_heatmap_from_the_s3_lake(distributed, local_lake):
@@ -119,6 +153,37 @@ def test_liq_serve_answers_the_heatmap_from_the_s3_lake(distributed, local_lake)
         assert theirs.status_code == 200, theirs.text
         assert ours == theirs.json(), symbol
         assert health["symbols"][symbol]["latest_data_day"] == str(DAYS[-1])
+
+
+def test_the_readme_deploy_section_names_what_this_test_ran(distributed):
+    """The README's deploy blocks: every variable the stack gave the processes, the instance file, the executor, and
+    the worker, daemon and backfill commands this test started (bench.CELERY_WORKER, start_daemon,
+    launch_backfill)."""
+    env = distributed[0]
+    readme = README.read_text()
+    variables = commands(
+        readme_block(
+            readme, "<!-- deploy: the variables, pinned by liq_pipeline_tests/test_distributed.py -->"
+        )
+    )
+    exported = {
+        pair.split("=")[0] for line in variables if line.startswith("export ") for pair in line.split()[1:]
+    }
+    assert set(env) | {"DAGSTER_HOME", "LIQ_EXECUTOR"} <= exported
+    assert any(line.endswith('cp deploy/dagster.yaml "$DAGSTER_HOME/"') for line in variables)
+    processes = commands(
+        readme_block(
+            readme, "<!-- deploy: the processes, pinned by liq_pipeline_tests/test_distributed.py -->"
+        )
+    )
+    assert any(
+        c.startswith(f"uv run {' '.join(bench.CELERY_WORKER)} -n w1 -- --pool solo") for c in processes
+    )
+    assert any(c.startswith("uv run dagster-daemon run -w workspace.yaml") for c in processes)
+    assert any(
+        c.startswith("uv run dagster job backfill -w workspace.yaml -j daily_job --partitions")
+        for c in processes
+    )
 
 
 def _get_json(port: int, path: str, **params) -> dict:

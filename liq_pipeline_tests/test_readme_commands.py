@@ -26,12 +26,12 @@ MARKER = "<!-- tested by liq_pipeline_tests/test_readme_commands.py -->"
 PARTITION = re.compile(r"\d{4}-\d{2}-\d{2}\|[A-Z0-9]+")
 
 
-def readme_block(readme: str) -> str:
+def readme_block(readme: str, marker: str = MARKER) -> str:
     """The fenced block right after the marker line."""
     lines = readme.splitlines()
-    assert MARKER in lines, f"README.md has no line {MARKER!r} before its backfill commands"
-    start = lines.index(MARKER) + 1
-    assert lines[start].startswith("```"), f"README.md: the line after {MARKER} must open a code block"
+    assert marker in lines, f"README.md has no line {marker!r} before its commands"
+    start = lines.index(marker) + 1
+    assert lines[start].startswith("```"), f"README.md: the line after {marker} must open a code block"
     end = lines.index("```", start + 1)
     return "\n".join(lines[start + 1 : end])
 

@@ -25,7 +25,6 @@ ENV_KEYS = {
     "AWS_ENDPOINT_URL",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
-    "AWS_REGION",
     "AWS_DEFAULT_REGION",
     "LIQ_DATA_DIR",
 }
@@ -66,7 +65,7 @@ def _check_services(stack: stack_mod.Stack) -> None:
         endpoint_url=env["AWS_ENDPOINT_URL"],
         key=env["AWS_ACCESS_KEY_ID"],
         secret=env["AWS_SECRET_ACCESS_KEY"],
-        client_kwargs={"region_name": env["AWS_REGION"]},
+        client_kwargs={"region_name": env["AWS_DEFAULT_REGION"]},
         skip_instance_cache=True,
     )
     path = env["LIQ_DATA_DIR"].removeprefix("s3://") + "/probe/hello.bin"
