@@ -21,14 +21,42 @@ from liq_pipeline import bench, stack
 from liq_pipeline import lake as lake_module
 from liq_pipeline.api.app import create_app
 from liq_pipeline.api.server import free_port
-from liq_pipeline.definitions import defs
-from liq_pipeline.lake import Lake
+from liq_pipeline.definitions import chosen_executor, defs
+from liq_pipeline.lake import Lake, uri
 from liq_pipeline.sources.sample import SAMPLE_DAYS, SAMPLE_SYMBOLS
 from liq_pipeline_tests.test_readme_commands import README, commands, readme_block
 
 DAYS = list(SAMPLE_DAYS[:2])
 KEYS = [(s, d) for d in DAYS for s in SAMPLE_SYMBOLS]
 HEATMAP = "/liquidations/heatmap-timeseries"
+
+
+def test_an_s3_data_dir_puts_the_lake_on_s3_and_this_machines_files_in_liq_local_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIQ_LOCAL_DIR", str(tmp_path / "here"))
+    lake = Lake.at("s3://bucket/prefix/")
+    assert lake.remote and uri(lake.root) == "s3://bucket/prefix/lake"
+    assert uri(lake.partition_file("klines", "BTCUSDT", DAYS[0])) == (
+        f"s3://bucket/prefix/lake/klines/symbol=BTCUSDT/date={DAYS[0]}/part-0.parquet"
+    )
+    assert uri(lake.cache().root) == "s3://bucket/prefix/cache"  # shared: any worker may compute it
+    assert uri(lake.calibration_file("BTCUSDT")) == "s3://bucket/prefix/calibration/BTCUSDT.json"
+    assert lake.warehouse_path == tmp_path / "here" / "warehouse.duckdb"  # DuckDB's file is one machine's
+    local = Lake.at(tmp_path / "data")
+    assert (
+        not local.remote
+        and local.local == tmp_path / "data"
+        and local.warehouse_path.parent == tmp_path / "data"
+    )
+
+
+def test_the_executor_is_chosen_by_liq_executor(monkeypatch):
+    monkeypatch.setenv("LIQ_EXECUTOR", "celery")
+    assert chosen_executor().name == "celery"
+    monkeypatch.setenv("LIQ_EXECUTOR", "in_process")
+    assert chosen_executor().name == "in_process"
+    monkeypatch.setenv("LIQ_EXECUTOR", "dask")
+    with pytest.raises(ValueError, match="LIQ_EXECUTOR='dask'.*in_process or celery"):
+        chosen_executor()
 
 
 @pytest.fixture(scope="module")
