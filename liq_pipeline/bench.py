@@ -183,7 +183,7 @@ def dagster_bin(name: str) -> str:
 
 def start_daemon(folder: Path, env: dict[str, str], log: Path):
     """`dagster-daemon run -w workspace.yaml` in `folder` (the daemon `dagster dev` runs), in its own process group
-    so that stop_daemon ends it and its code server. Returns once its run queue has reported a heartbeat."""
+    so that stop_group ends it and its code server. Returns once its run queue has reported a heartbeat."""
     import subprocess
 
     with open(log, "wb") as out:
@@ -203,18 +203,19 @@ def start_daemon(folder: Path, env: dict[str, str], log: Path):
                     raise RuntimeError(f"dagster-daemon did not start; its log: {log.read_text()[-2000:]}")
                 time.sleep(0.5)
     except BaseException:
-        stop_daemon(proc)
+        stop_group(proc)
         raise
     return proc
 
 
-def stop_daemon(proc) -> None:
+def stop_group(proc) -> None:
+    """SIGTERM to the process group we started (a daemon and its code server, a Celery worker), SIGKILL after 30 s."""
     import os
     import signal
     import subprocess
 
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)  # the group we started: the daemon and its code server
+        os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -331,7 +332,7 @@ def start_celery_worker(env: dict[str, str], name: str, log: Path):
     deadline = time.monotonic() + 120
     while b" ready." not in log.read_bytes():
         if proc.poll() is not None or time.monotonic() > deadline:
-            stop_daemon(proc)
+            stop_group(proc)
             raise RuntimeError(f"Celery worker {name} did not start; its log: {log.read_text()[-2000:]}")
         time.sleep(0.3)
     return proc
@@ -374,7 +375,7 @@ def start_deployment(folder: Path, env: dict[str, str], logs: Path, workers: int
                 procs.append(future.result())
             except BaseException:
                 for proc in procs:
-                    stop_daemon(proc)
+                    stop_group(proc)
                 raise
     return procs
 
@@ -439,7 +440,7 @@ def bench_backfill(args: argparse.Namespace) -> int:
         try:
             records, launched, total = launch_backfill(folder, daemon_env, keys)
         finally:
-            stop_daemon(daemon)
+            stop_group(daemon)
         celery = _celery_backfill(root / "celery", env, keys) if args.celery else None
     queued = _queued_to_done(records)
     busy = sum(r.end_time - (r.start_time or r.end_time) for r in records) / n
@@ -455,7 +456,11 @@ def bench_backfill(args: argparse.Namespace) -> int:
         f"  daemon, first queued to last done:       {queued / n:6.1f}  (a run: {busy:.1f} s from its start event)"
     )
     if celery is not None:
-        print(f"  2 Celery workers, lake on S3, queued to done: {_queued_to_done(celery) / n:6.1f}")
+        busy = sum(r.end_time - (r.start_time or r.end_time) for r in celery) / n
+        print(
+            f"  2 Celery workers, lake on S3, first queued to last done: {_queued_to_done(celery) / n:6.1f}"
+            f"  (a run: {busy:.1f} s from its start event)"
+        )
         records = records + celery
     print(
         f"ratio daemon / `liq backfill`: {queued / cli:.2f} queued to done, {total / cli:.2f} with the command"
@@ -486,5 +491,5 @@ def _celery_backfill(root: Path, env: dict[str, str], keys: list[tuple[str, date
             records, _, _ = launch_backfill(folder, env, keys)
         finally:
             for proc in processes:
-                stop_daemon(proc)
+                stop_group(proc)
     return records

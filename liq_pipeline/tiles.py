@@ -76,13 +76,16 @@ def read_with_version(path: LakePath) -> tuple[pa.Table, dict]:
     replaced meanwhile (`Lake.write` renames a new file over it; an open file keeps its content). The version is
     the file's size and mtime (what a reader compares first: a `stat`, no read) and its footer digest (what it
     compares when those differ, e.g. in a copied lake)."""
+    # An S3 object has no descriptor: its mtime is taken before the read and its size is what was read, so a
+    # replacement in between leaves an older mtime beside the newer digest, and a reader compares the digests.
+    mtime_ns = None if isinstance(path, Path) else path.stat().st_mtime_ns
     with path.open("rb") as f:
-        # An S3 object has no descriptor; its stat comes from the same GET's headers.
-        st = os.fstat(f.fileno()) if isinstance(path, Path) else path.stat()
         data = f.read()
+        st = os.fstat(f.fileno()) if mtime_ns is None else None
+    size, mtime_ns = (st.st_size, st.st_mtime_ns) if st else (len(data), mtime_ns)
     length = int.from_bytes(data[-_TAIL:-4], "little")
     digest = _digest_footer(data[-_TAIL:], data[-_TAIL - length : -_TAIL])
-    version = {"digest": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    version = {"digest": digest, "size": size, "mtime_ns": mtime_ns}
     return pq.read_table(pa.BufferReader(data)), version
 
 

@@ -82,7 +82,7 @@ def distributed(services, tmp_path_factory):
         records, _, _ = bench.launch_backfill(folder, env, KEYS)
     finally:
         for proc in processes:
-            bench.stop_daemon(proc)
+            bench.stop_group(proc)
     errors = bench.run_errors(folder, records)
     assert all(r.dagster_run.is_success for r in records), "\n".join(errors)[-6000:]
     steps = bench.celery_workers_of(folder, [r.dagster_run.run_id for r in records])

@@ -83,7 +83,7 @@ def test_readme_backfill_and_materialize_commands_land_in_the_lake(tmp_path):
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         records = bench.wait_for_backfill_runs(folder, len(backfilled), timeout=180)
     finally:
-        bench.stop_daemon(daemon)
+        bench.stop_group(daemon)
     runs = [r.dagster_run for r in records]
     assert {r.tags["dagster/partition"] for r in runs} == backfilled
     assert all(r.is_success for r in runs), [(r.tags["dagster/partition"], r.status) for r in runs]
