@@ -86,10 +86,7 @@ class Stack:
     """The running services; `env` points a process at them."""
 
     folder: Path
-    services: dict[str, Service]  # postgres, redis, s3
-    pg_port: int
-    redis_port: int
-    s3_port: int
+    services: dict[str, Service]  # postgres, redis, s3; each service's first port is the one clients use
     env: dict[str, str]
     cleanup: list[Path] = field(default_factory=list)  # removed after the processes end
     stopped: bool = False
@@ -181,7 +178,7 @@ def start(folder: Path, bucket: str = "liq", prefix: str = "data", timeout: floa
         "AWS_DEFAULT_REGION": S3_REGION,  # the name botocore (s3fs) and pyarrow both read
         "LIQ_DATA_DIR": f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}",
     }
-    stack = Stack(folder, services, pg, redis, s3, env, [p for _, c in started.values() for p in c])
+    stack = Stack(folder, services, env, [p for _, c in started.values() for p in c])
     _live.add(stack)
     return stack
 

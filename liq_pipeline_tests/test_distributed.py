@@ -5,22 +5,17 @@ in-process run writes, and `liq serve` must answer the heatmap from the S3 lake 
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import time
-import urllib.parse
-import urllib.request
 from datetime import timedelta
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from liq_pipeline import bench, stack
 from liq_pipeline import lake as lake_module
 from liq_pipeline.api.app import create_app
-from liq_pipeline.api.server import free_port
+from liq_pipeline.api.server import ServerProcess
 from liq_pipeline.definitions import chosen_executor, defs
 from liq_pipeline.lake import Lake, uri
 from liq_pipeline.sources.sample import SAMPLE_DAYS, SAMPLE_SYMBOLS
@@ -159,21 +154,13 @@ def test_a_failed_write_leaves_the_old_object_whole(services, local_lake, monkey
 
 def test_liq_serve_answers_the_heatmap_from_the_s3_lake(distributed, local_lake):
     env = distributed[0]
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "liq_pipeline.cli", "serve", "--port", str(port)],
-        env={k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"} | env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        answers = {s: _get_json(port, HEATMAP, symbol=s) for s in SAMPLE_SYMBOLS}
-        health = _get_json(port, "/health")
-    finally:
-        server.terminate()
-        _, err = server.communicate(timeout=30)
-    assert server.returncode == 0, err.decode()[-2000:]
+    server = ServerProcess(env["LIQ_DATA_DIR"], env=env)  # `liq serve --data-dir s3://…` in its own process
+    with server as url:
+        answers = {
+            s: httpx.get(url + HEATMAP, params={"symbol": s}, timeout=60).json() for s in SAMPLE_SYMBOLS
+        }
+        health = httpx.get(url + "/health", timeout=60).json()
+    assert server.proc.returncode == 0
     client = TestClient(create_app(local_lake.root.parent))
     for symbol, ours in answers.items():
         assert ours["times"] and ours["end_time"] == f"{DAYS[-1] + timedelta(days=1)}T00:00:00Z", ours
@@ -212,17 +199,3 @@ def test_the_readme_deploy_section_names_what_this_test_ran(distributed):
         c.startswith("uv run dagster job backfill -w workspace.yaml -j daily_job --partitions")
         for c in processes
     )
-
-
-def _get_json(port: int, path: str, **params) -> dict:
-    """GET `path` as JSON, waiting up to a minute for the server to listen."""
-    url = f"http://127.0.0.1:{port}{path}?{urllib.parse.urlencode(params)}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=30) as response:
-                return json.loads(response.read())
-        except (ConnectionError, urllib.error.URLError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)

@@ -163,11 +163,13 @@ class ServerProcess:
     `with ServerProcess(data_dir, workers=2) as url: ...`; `peak_rss_mb()` reads its processes' peak memory."""
 
     def __init__(self, data_dir: Path | str, workers: int = 1, env: dict[str, str] | None = None):
+        from liq_pipeline.lake import location  # not at import: `liq serve`'s supervisor stays small
+
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.data_dir = Path(data_dir).resolve()
+        self.data_dir = location(data_dir)  # a folder made absolute, or s3://…
         self.args = [sys.executable, "-m", "liq_pipeline.cli", "serve", "--port", str(self.port)]
-        self.args += ["--data-dir", str(Path(data_dir).resolve()), "--workers", str(workers)]
+        self.args += ["--data-dir", str(self.data_dir), "--workers", str(workers)]
         self.args += ["--log-level", "warning"]  # no access log line per request: it would be timed too
         self.env = {**os.environ, **(env or {})}
         self.log = tempfile.TemporaryFile()
